@@ -1,0 +1,261 @@
+//! Application assembly: opens the store and the search index, loads the brand, binds the
+//! listener (port 0 in tests), starts the job worker and the metrics listener, and runs until a
+//! shutdown signal — then stops taking requests, finishes in-flight ones and the running job,
+//! commits the index and closes the database.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::commerce::policy::Policy;
+use crate::config::Config;
+use crate::search::{self, IndexDoc, IndexWriterHandle, SearchIndex};
+use crate::store::Store;
+use crate::util::{Secret, random_token};
+use crate::worker;
+
+/// Everything a request handler or a job may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub search: SearchIndex,
+    pub indexer: IndexWriterHandle,
+    pub policy: Arc<Policy>,
+    pub api_key: Secret,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the service, binding `[server] bind`.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(&config.server.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.bind))?;
+        Application::build_with_listener(config, listener).await
+    }
+
+    /// Builds the service on a listener the caller bound (tests bind port 0).
+    pub async fn build_with_listener(
+        config: Config,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
+        let store = open_store(&config).await?;
+        let policy = Policy::load(&config.brand.dir.join("policy.toml"))
+            .context("cannot load the brand policy")?;
+        let api_key = api_key(&config, &store).await?;
+        let search = open_index(&config.data_dir)?;
+        if search.needs_rebuild() || (search.num_docs() == 0 && store.counts().await?.orders > 0)
+        {
+            let n = rebuild_index(&store, &search, &config.brand.dir).await?;
+            tracing::info!(documents = n, "search index rebuilt from the database");
+        }
+        let indexer = search.spawn_writer();
+        for chunk in search::load_policy_dir(&config.brand.dir.join("policies"))
+            .context("cannot read the brand's policy texts")?
+        {
+            indexer.upsert(IndexDoc::Policy(chunk)).await?;
+        }
+        let metrics_listener = match &config.metrics.bind {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Application {
+            listener,
+            metrics_listener,
+            state: AppState {
+                config: Arc::new(config),
+                store,
+                search,
+                indexer,
+                policy: Arc::new(policy),
+                api_key,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains gracefully.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            metrics_listener,
+            state,
+        } = self;
+        let stop = CancellationToken::new();
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+
+        let worker = tokio::spawn(worker::run(state.clone(), stop.clone()));
+        let metrics = metrics_listener.map(|l| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(|| async { crate::telemetry::metrics_handle().render() }),
+                );
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+            })
+        });
+        crate::telemetry::metrics_handle();
+
+        let app = crate::http::router(state.clone());
+        let stop_http = stop.clone();
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests and jobs");
+            stop_http.cancel();
+        });
+        let served = server.await;
+        stop.cancel();
+        if tokio::time::timeout(grace, worker).await.is_err() {
+            tracing::warn!("the job worker did not stop within the grace period");
+        }
+        if let Some(m) = metrics {
+            let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
+        }
+        if let Err(e) = state.indexer.clone().shutdown().await {
+            tracing::warn!(error = %e, "search index writer did not shut down cleanly");
+        }
+        state.store.close().await;
+        served.context("HTTP server failed")
+    }
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url().map(Secret::expose);
+    Store::open(&config.data_dir, url, config.database.max_connections)
+        .await
+        .with_context(|| match url {
+            Some(u) => format!("cannot open database {}", crate::store::redact_url(u)),
+            None => format!(
+                "cannot open the SQLite database in {}",
+                config.data_dir.display()
+            ),
+        })
+}
+
+pub fn open_index(data_dir: &Path) -> anyhow::Result<SearchIndex> {
+    let dir = data_dir.join("index");
+    SearchIndex::open(&dir)
+        .with_context(|| format!("cannot open the search index in {}", dir.display()))
+}
+
+/// The API key: from configuration, else the one generated for this data dir on first start.
+pub async fn api_key(config: &Config, store: &Store) -> anyhow::Result<Secret> {
+    if let Some(k) = &config.api.key {
+        if k.expose().trim().len() < 16 {
+            anyhow::bail!("the API key must be at least 16 characters long");
+        }
+        return Ok(k.clone());
+    }
+    if let Some(k) = store.get_setting("api_key").await? {
+        return Ok(Secret::new(k));
+    }
+    let key = format!("ck_{}", random_token(24));
+    store.set_setting("api_key", &key).await?;
+    tracing::info!("generated an API key for this data dir (see `concierge serve --demo` output, or set CONCIERGE_API_KEY)");
+    Ok(Secret::new(key))
+}
+
+/// Every document the search index holds, read from the database and the brand folder.
+pub async fn index_documents(store: &Store, brand_dir: &Path) -> anyhow::Result<Vec<IndexDoc>> {
+    let customers = store.all_customers().await?;
+    let by_id: std::collections::HashMap<&str, &crate::commerce::Customer> =
+        customers.iter().map(|c| (c.id.as_str(), c)).collect();
+    let mut docs = Vec::new();
+    for order in store.all_orders().await? {
+        let customer = order.customer_id.as_deref().and_then(|id| by_id.get(id));
+        docs.push(IndexDoc::Order {
+            customer_name: customer.map(|c| c.full_name()),
+            customer_emails: customer.map(|c| c.emails.clone()).unwrap_or_default(),
+            order,
+        });
+    }
+    for product in store.all_products().await? {
+        docs.push(IndexDoc::Product(product));
+    }
+    for chunk in search::load_policy_dir(&brand_dir.join("policies"))
+        .context("cannot read the brand's policy texts")?
+    {
+        docs.push(IndexDoc::Policy(chunk));
+    }
+    Ok(docs)
+}
+
+/// Rebuilds the whole index from the database (no writer task may be running on it).
+pub async fn rebuild_index(
+    store: &Store,
+    index: &SearchIndex,
+    brand_dir: &Path,
+) -> anyhow::Result<u64> {
+    rebuild_index_with_progress(store, index, brand_dir, |_, _| {}).await
+}
+
+pub async fn rebuild_index_with_progress(
+    store: &Store,
+    index: &SearchIndex,
+    brand_dir: &Path,
+    progress: impl FnMut(u64, u64) + Send + 'static,
+) -> anyhow::Result<u64> {
+    let docs = index_documents(store, brand_dir).await?;
+    let total = docs.len() as u64;
+    let index = index.clone();
+    let mut progress = progress;
+    let n = tokio::task::spawn_blocking(move || {
+        index.rebuild(docs.into_iter(), |n| progress(n, total))
+    })
+    .await??;
+    Ok(n)
+}
+
+/// Brings the index of a running server up to date with the database, through its writer task
+/// (every order, product and policy section is upserted by key).
+pub async fn rebuild_index_live(state: &AppState) -> anyhow::Result<u64> {
+    let docs = index_documents(&state.store, &state.config.brand.dir).await?;
+    let n = docs.len() as u64;
+    for doc in docs {
+        state.indexer.upsert(doc).await?;
+    }
+    state.indexer.flush().await?;
+    Ok(n)
+}

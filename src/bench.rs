@@ -1,0 +1,284 @@
+//! `concierge bench …`: measurements an operator can repeat on their own machine. Each bench
+//! sets up its own temporary data dir, prints what it measured and how, and cleans up. Build
+//! with `--release` for figures worth quoting.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::app::Application;
+use crate::config::Config;
+use crate::import::{self, ImportKind};
+use crate::search::{self, IndexDoc};
+use crate::util::Secret;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time `import tau-retail` of a τ-bench folder into a fresh SQLite store (or PostgreSQL
+    /// with --database-url).
+    Import {
+        #[arg(long, default_value = "../shared/data/tau-bench-retail/tau-bench-v1")]
+        path: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Build the search index over generated orders and report documents per second.
+    Index {
+        #[arg(long, default_value_t = 100_000)]
+        orders: usize,
+    },
+    /// Order lookup by number: in the store, and over HTTP (GET /api/v1/orders/{number}),
+    /// p50/p99 and requests/s.
+    Lookup {
+        #[arg(long, default_value = "../shared/data/tau-bench-retail/tau-bench-v1")]
+        path: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrent HTTP connections.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
+}
+
+pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
+    match what {
+        BenchCommand::Import {
+            path,
+            runs,
+            database_url,
+        } => bench_import(&path, runs, database_url).await,
+        BenchCommand::Index { orders } => bench_index(orders),
+        BenchCommand::Lookup {
+            path,
+            requests,
+            concurrency,
+        } => bench_lookup(&path, requests, concurrency).await,
+    }
+}
+
+async fn bench_import(path: &std::path::Path, runs: usize, url: Option<String>) -> anyhow::Result<()> {
+    let mut parse_times = Vec::new();
+    let mut write_times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let dir = tempfile::tempdir()?;
+        let t = Instant::now();
+        let batches = import::load(ImportKind::TauRetail, path)?;
+        parse_times.push(t.elapsed());
+        let store = crate::store::Store::open(dir.path(), url.as_deref(), 4).await?;
+        let t = Instant::now();
+        for (_, b) in &batches {
+            store.import(&b.customers, &b.products, &b.orders, |_| {}).await?;
+        }
+        write_times.push(t.elapsed());
+        store.close().await;
+    }
+    let engine = if url.is_some() { "postgres" } else { "sqlite" };
+    println!(
+        "import tau-retail ({}; {engine}; {} runs): parse median {:.1} ms, write median {:.1} ms, total median {:.1} ms",
+        path.display(),
+        parse_times.len(),
+        ms(median(&mut parse_times)),
+        ms(median(&mut write_times)),
+        ms(median(&mut parse_times)) + ms(median(&mut write_times)),
+    );
+    Ok(())
+}
+
+fn bench_index(orders: usize) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let demo = crate::demo::generate(
+        7,
+        crate::util::now_ms(),
+        crate::demo::DemoSize {
+            customers: (orders / 4).max(1),
+            orders,
+        },
+    );
+    let generated = t.elapsed();
+    let names: std::collections::HashMap<&str, (String, Vec<String>)> = demo
+        .customers
+        .iter()
+        .map(|c| (c.id.as_str(), (c.full_name(), c.emails.clone())))
+        .collect();
+    let docs: Vec<IndexDoc> = demo
+        .orders
+        .iter()
+        .map(|o| {
+            let c = o.customer_id.as_deref().and_then(|id| names.get(id));
+            IndexDoc::Order {
+                order: o.clone(),
+                customer_name: c.map(|c| c.0.clone()),
+                customer_emails: c.map(|c| c.1.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    let (n, took) = search::bench_rebuild(docs)?;
+    println!(
+        "index build: {n} orders in {:.2} s = {:.0} docs/s (generating them took {:.2} s)",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64().max(1e-9),
+        generated.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn bench_lookup(path: &std::path::Path, requests: usize, concurrency: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
+    config.data_dir = dir.path().join("data");
+    let key = "bench-key-0123456789abcdef";
+    config.api.key = Some(Secret::new(key));
+    config.log.level = "warn".into();
+    let batches = import::load(ImportKind::TauRetail, path)?;
+    let store = crate::app::open_store(&config).await?;
+    for (_, b) in &batches {
+        store.import(&b.customers, &b.products, &b.orders, |_| {}).await?;
+    }
+    let numbers: Vec<String> = batches
+        .iter()
+        .flat_map(|(_, b)| b.orders.iter().map(|o| o.number.trim_start_matches('#').to_string()))
+        .collect();
+    anyhow::ensure!(!numbers.is_empty(), "no orders in {}", path.display());
+
+    // In the store.
+    let mut times = Vec::with_capacity(requests);
+    for i in 0..requests {
+        let t = Instant::now();
+        let o = store.get_order_by_number(&numbers[i % numbers.len()]).await?;
+        times.push(t.elapsed());
+        anyhow::ensure!(o.is_some(), "order lookup found nothing");
+    }
+    store.close().await;
+    println!(
+        "store lookup by number ({requests} lookups): p50 {:.3} ms, p99 {:.3} ms",
+        ms(percentile(&mut times, 50.0)),
+        ms(percentile(&mut times, 99.0))
+    );
+
+    // Over HTTP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let app = Application::build_with_listener(config, listener).await?;
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    let per_conn = requests.div_ceil(concurrency.max(1));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..concurrency.max(1) {
+        let numbers = numbers.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::connect(addr).await?;
+            let mut times = Vec::with_capacity(per_conn);
+            for i in 0..per_conn {
+                let n = &numbers[(c * per_conn + i) % numbers.len()];
+                let t = Instant::now();
+                let status = conn.get(&format!("/api/v1/orders/{n}"), key).await?;
+                times.push(t.elapsed());
+                anyhow::ensure!(status == 200, "GET order answered {status}");
+            }
+            anyhow::Ok(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let wall = started.elapsed();
+    let _ = tx.send(());
+    server.await??;
+    println!(
+        "HTTP GET /api/v1/orders/{{number}} ({} requests, {} connections, client-side latency over loopback): p50 {:.3} ms, p99 {:.3} ms, {:.0} requests/s",
+        all.len(),
+        concurrency.max(1),
+        ms(percentile(&mut all, 50.0)),
+        ms(percentile(&mut all, 99.0)),
+        all.len() as f64 / wall.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A minimal keep-alive HTTP/1.1 client for benchmarks (no TLS, no chunked bodies): enough
+/// to measure our own server without pulling a client library into the binary.
+pub struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<HttpConn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Sends a GET and reads the whole response; returns the status code.
+    pub async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<u16> {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\n\r\n"
+        );
+        self.stream.write_all(req.as_bytes()).await?;
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = self.stream.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = find(&self.buf, b"\r\n\r\n") else {
+                continue;
+            };
+            let head = std::str::from_utf8(&self.buf[..end]).context("response head")?;
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("status line")?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .context("content-length")?;
+            while self.buf.len() < end + 4 + len {
+                let n = self.stream.read(&mut chunk).await?;
+                anyhow::ensure!(n > 0, "server closed the connection");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    percentile(v, 50.0)
+}
+
+/// The p-th percentile (nearest rank) of some durations.
+pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort_unstable();
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}

@@ -1,0 +1,393 @@
+//! Typed configuration: `concierge.toml`, then `CONCIERGE_<SECTION>__<KEY>` environment
+//! variables, then command-line flags. Secrets are [`Secret`]s and never show in `Debug`.
+//!
+//! Environment values are typed by the setting they override (a number stays a number, an API
+//! key made of digits stays a string), and a variable naming an unknown setting is an error rather
+//! than silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::Secret;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite database, the search index, attachments and keys live.
+    pub data_dir: PathBuf,
+    /// Shorthand for `[database] url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<Secret>,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub api: ApiConfig,
+    pub metrics: MetricsConfig,
+    pub brand: BrandConfig,
+    pub log: LogConfig,
+    pub jobs: JobsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            api: ApiConfig::default(),
+            metrics: MetricsConfig::default(),
+            brand: BrandConfig::default(),
+            log: LogConfig::default(),
+            jobs: JobsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the public HTTP listener binds.
+    pub bind: String,
+    /// The URL clients use to reach us, when behind a proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// A request taking longer than this is answered 503.
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for in-flight requests and jobs.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1:8080".into(),
+            public_url: None,
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…` for PostgreSQL; unset for the SQLite file in the data dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Secret>,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer key for the API channel. Unset: a key is generated once and kept in the data dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the separate Prometheus listener (`/metrics`); unset: no metrics listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrandConfig {
+    /// Folder with voice.toml, policy.toml and policies/*.md.
+    pub dir: PathBuf,
+}
+
+impl Default for BrandConfig {
+    fn default() -> Self {
+        BrandConfig {
+            dir: PathBuf::from("brand"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info,concierge=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// How often an idle worker looks for due jobs.
+    pub poll_interval_ms: u64,
+    /// How long a claimed job is leased before another worker may take it over.
+    pub lease_secs: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            poll_interval_ms: 500,
+            lease_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the configuration. `file`: an explicit `--config` (must exist); without it
+    /// `./concierge.toml` is read when present. `env`: the process environment (passed in so
+    /// tests control it).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let default_path = Path::new("concierge.toml");
+        let (path, text) = match file {
+            Some(p) => (
+                p.to_path_buf(),
+                Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?),
+            ),
+            None if default_path.exists() => (
+                default_path.to_path_buf(),
+                Some(std::fs::read_to_string(default_path).map_err(|source| {
+                    ConfigError::Read {
+                        path: default_path.to_path_buf(),
+                        source,
+                    }
+                })?),
+            ),
+            None => (default_path.to_path_buf(), None),
+        };
+        let mut table = match text {
+            Some(t) => toml::from_str::<toml::Table>(&t).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.log.format != "pretty" && self.log.format != "json" {
+            return Err(ConfigError::Invalid(format!(
+                "[log] format must be \"pretty\" or \"json\", not {:?}",
+                self.log.format
+            )));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "[database] max_connections must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL URL when one is configured (`[database] url`, `database_url`).
+    pub fn database_url(&self) -> Option<&Secret> {
+        self.database.url.as_ref().or(self.database_url.as_ref())
+    }
+}
+
+/// Overlays `CONCIERGE_<SECTION>__<KEY>` (and the shorthands `CONCIERGE_API_KEY`,
+/// `CONCIERGE_DATA_DIR`, `DATABASE_URL`) onto the parsed file.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let skeleton = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut vars: Vec<(String, String)> = env.into_iter().collect();
+    // Deterministic: the specific `CONCIERGE_SECTION__KEY` form wins over shorthands.
+    vars.sort_by_key(|(k, _)| k.contains("__"));
+    for (var, raw) in vars {
+        let path: Vec<String> = match var.as_str() {
+            "DATABASE_URL" => vec!["database".into(), "url".into()],
+            "CONCIERGE_API_KEY" => vec!["api".into(), "key".into()],
+            "CONCIERGE_DATA_DIR" => vec!["data_dir".into()],
+            _ => match var.strip_prefix("CONCIERGE_") {
+                Some(rest) if rest.contains("__") => {
+                    rest.split("__").map(|p| p.to_ascii_lowercase()).collect()
+                }
+                _ => continue,
+            },
+        };
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "empty section or key name".into(),
+            });
+        }
+        let value = typed_value(&skeleton, &path, &raw).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        let (last, parents) = path.split_last().ok_or_else(|| ConfigError::Env {
+            var: var.clone(),
+            message: "no key".into(),
+        })?;
+        let mut node = &mut *table;
+        for part in parents {
+            let entry = node
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{part}` is a value, not a section"),
+                    });
+                }
+            };
+        }
+        node.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+/// Types an environment value like the default it overrides (numbers and booleans parsed,
+/// everything else kept as text).
+fn typed_value(
+    skeleton: &toml::Table,
+    path: &[String],
+    raw: &str,
+) -> Result<toml::Value, String> {
+    let mut node: Option<&toml::Value> = None;
+    let mut table = Some(skeleton);
+    for part in path {
+        node = table.and_then(|t| t.get(part));
+        table = node.and_then(toml::Value::as_table);
+    }
+    Ok(match node {
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected a whole number, got {raw:?}"))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(format!("expected true or false, got {raw:?}")),
+        }),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected a number, got {raw:?}"))?,
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_env_with_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/concierge\"\n[server]\nbind = \"0.0.0.0:9000\"\n[database]\nmax_connections = 4\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("CONCIERGE_DATABASE__MAX_CONNECTIONS", "12"),
+                ("CONCIERGE_API_KEY", "12345"),
+                ("CONCIERGE_METRICS__BIND", "127.0.0.1:9100"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/concierge"));
+        assert_eq!(c.server.bind, "0.0.0.0:9000");
+        assert_eq!(c.database.max_connections, 12);
+        assert_eq!(c.api.key.as_ref().map(Secret::expose), Some("12345"));
+        assert_eq!(c.metrics.bind.as_deref(), Some("127.0.0.1:9100"));
+        assert!(!format!("{c:?}").contains("12345"));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_named() {
+        let e = Config::load(None, env(&[("CONCIERGE_DATABASE__MAX_CONNECTIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CONCIERGE_DATABASE__MAX_CONNECTIONS"), "{e}");
+        let e = Config::load(None, env(&[("CONCIERGE_SERVER__BINDD", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bindd"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        assert!(Config::load(Some(&missing), env(&[])).is_err());
+    }
+
+    #[test]
+    fn database_url_from_env() {
+        let c = Config::load(None, env(&[("DATABASE_URL", "postgres://u@h/db")])).unwrap();
+        assert_eq!(
+            c.database_url().map(Secret::expose),
+            Some("postgres://u@h/db")
+        );
+    }
+}

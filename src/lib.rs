@@ -1,0 +1,19 @@
+//! Concierge: a self-hosted customer-support agent service for e-commerce brands.
+//!
+//! The library holds everything; `main.rs` only parses the command line and calls [`cli::run`].
+
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod commerce;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod import;
+pub mod inbox;
+pub mod search;
+pub mod store;
+pub mod telemetry;
+pub mod util;
+pub mod worker;

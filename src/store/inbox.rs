@@ -1,0 +1,562 @@
+//! Inbox rows: identities (a channel's user → maybe a customer), conversations (one thread on
+//! one channel) and messages. A message is unique per (channel, channel message id), so a
+//! repeated delivery is recognized and stored once — also when two deliveries race.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+
+use super::{
+    Backend, Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_str, get_str,
+    to_json,
+};
+use crate::util::{new_id, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    /// A staff member's private note: never sent.
+    Internal,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+            Direction::Internal => "internal",
+        }
+    }
+    fn parse(s: &str) -> Option<Direction> {
+        Some(match s {
+            "inbound" => Direction::Inbound,
+            "outbound" => Direction::Outbound,
+            "internal" => Direction::Internal,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorKind {
+    Customer,
+    BrandAgent,
+    Staff,
+    ConsumerAgent,
+}
+
+impl AuthorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorKind::Customer => "customer",
+            AuthorKind::BrandAgent => "brand_agent",
+            AuthorKind::Staff => "staff",
+            AuthorKind::ConsumerAgent => "consumer_agent",
+        }
+    }
+    fn parse(s: &str) -> Option<AuthorKind> {
+        Some(match s {
+            "customer" => AuthorKind::Customer,
+            "brand_agent" => AuthorKind::BrandAgent,
+            "staff" => AuthorKind::Staff,
+            "consumer_agent" => AuthorKind::ConsumerAgent,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationStatus {
+    Open,
+    AwaitingCustomer,
+    Escalated,
+    Resolved,
+}
+
+impl ConversationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationStatus::Open => "open",
+            ConversationStatus::AwaitingCustomer => "awaiting_customer",
+            ConversationStatus::Escalated => "escalated",
+            ConversationStatus::Resolved => "resolved",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ConversationStatus> {
+        Some(match s {
+            "open" => ConversationStatus::Open,
+            "awaiting_customer" => ConversationStatus::AwaitingCustomer,
+            "escalated" => ConversationStatus::Escalated,
+            "resolved" => ConversationStatus::Resolved,
+            _ => return None,
+        })
+    }
+}
+
+/// A message as a channel adapter hands it over, already normalized.
+#[derive(Debug, Clone)]
+pub struct InboundMessage {
+    pub channel: String,
+    /// The channel's thread (an email thread token, a chat session, a Telegram chat id, the API's
+    /// `thread`).
+    pub thread_key: String,
+    /// The channel's id for this message; deliveries with the same id are stored once.
+    pub external_id: Option<String>,
+    /// The sender's id on the channel (email address, Telegram user id, …).
+    pub sender_id: String,
+    pub sender_name: Option<String>,
+    pub sender_email: Option<String>,
+    /// The channel vouches for the sender's email (an authenticated API caller, a signed-in
+    /// shop session).
+    pub sender_verified: bool,
+    pub author_kind: AuthorKind,
+    pub subject: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    pub attachments: Value,
+    pub meta: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    pub conversation_id: String,
+    pub message_id: String,
+    pub identity_id: String,
+    pub duplicate: bool,
+}
+
+/// A message Concierge itself adds to a conversation (a reply, a staff note).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub direction: Direction,
+    pub author_kind: AuthorKind,
+    pub author_id: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    pub meta: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub id: String,
+    pub channel: String,
+    pub external_id: String,
+    pub customer_id: Option<String>,
+    pub verified: bool,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    pub id: String,
+    pub channel: String,
+    pub thread_key: String,
+    pub identity_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub status: ConversationStatus,
+    pub assignee: Option<String>,
+    pub priority: String,
+    pub tags: Vec<String>,
+    pub subject: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_message_at: Option<i64>,
+    pub escalated_at: Option<i64>,
+    pub resolved_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    pub channel: String,
+    pub external_id: Option<String>,
+    pub direction: Direction,
+    pub author_kind: AuthorKind,
+    pub author_id: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    pub attachments: Value,
+    pub meta: Value,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationView {
+    pub conversation: Conversation,
+    pub messages: Vec<Message>,
+}
+
+impl Store {
+    /// Stores an inbound message, creating the sender's identity and the conversation as
+    /// needed, in one transaction. A message whose (channel, external id) is already stored is
+    /// not stored again: the outcome points at the stored one with `duplicate: true`.
+    pub async fn ingest(&self, msg: &InboundMessage) -> StoreResult<IngestOutcome> {
+        if let Some(found) = self.find_duplicate(msg).await? {
+            return Ok(found);
+        }
+        match self.ingest_new(msg).await {
+            // Two deliveries raced past the check: the loser reports the winner's message.
+            Err(e) if e.is_unique_violation() && msg.external_id.is_some() => {
+                match self.find_duplicate(msg).await? {
+                    Some(found) => Ok(found),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn find_duplicate(&self, msg: &InboundMessage) -> StoreResult<Option<IngestOutcome>> {
+        let Some(ext) = &msg.external_id else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT m.id, m.conversation_id, c.identity_id FROM messages m \
+             JOIN conversations c ON c.id = m.conversation_id \
+             WHERE m.channel = $1 AND m.external_id = $2",
+        )
+        .bind(msg.channel.as_str())
+        .bind(ext.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(IngestOutcome {
+                conversation_id: get_str(&r, "conversation_id")?,
+                message_id: get_str(&r, "id")?,
+                identity_id: get_opt_str(&r, "identity_id")?.unwrap_or_default(),
+                duplicate: true,
+            })
+        })
+        .transpose()
+    }
+
+    async fn ingest_new(&self, msg: &InboundMessage) -> StoreResult<IngestOutcome> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+
+        // The sender's identity on this channel.
+        let email = msg.sender_email.as_ref().map(|e| e.trim().to_lowercase());
+        let linked_customer = match (&email, msg.sender_verified) {
+            (Some(e), true) => sqlx::query(
+                "SELECT customer_id FROM customer_emails WHERE email = $1",
+            )
+            .bind(e.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| get_str(&r, "customer_id"))
+            .transpose()?,
+            _ => None,
+        };
+        let identity_id = new_id("idn");
+        sqlx::query(
+            "INSERT INTO identities (id, channel, external_id, customer_id, verified, display_name, email, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+             ON CONFLICT (channel, external_id) DO UPDATE SET \
+               display_name = COALESCE(excluded.display_name, identities.display_name), \
+               email = COALESCE(excluded.email, identities.email), \
+               customer_id = COALESCE(excluded.customer_id, identities.customer_id), \
+               verified = CASE WHEN excluded.verified = 1 THEN 1 ELSE identities.verified END, \
+               updated_at = excluded.updated_at",
+        )
+        .bind(identity_id.as_str())
+        .bind(msg.channel.as_str())
+        .bind(msg.sender_id.as_str())
+        .bind(linked_customer.as_deref())
+        .bind(i64::from(msg.sender_verified && linked_customer.is_some()))
+        .bind(msg.sender_name.as_deref())
+        .bind(email.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let identity = sqlx::query(
+            "SELECT id, customer_id FROM identities WHERE channel = $1 AND external_id = $2",
+        )
+        .bind(msg.channel.as_str())
+        .bind(msg.sender_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let identity_id = get_str(&identity, "id")?;
+        let identity_customer = get_opt_str(&identity, "customer_id")?;
+
+        // The conversation for this thread; a new customer message reopens a resolved one.
+        let conversation_id = new_id("cnv");
+        sqlx::query(
+            "INSERT INTO conversations (id, channel, thread_key, identity_id, customer_id, status, subject, created_at, updated_at, last_message_at) \
+             VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $7, $7) \
+             ON CONFLICT (channel, thread_key) DO UPDATE SET \
+               customer_id = COALESCE(conversations.customer_id, excluded.customer_id), \
+               status = CASE WHEN conversations.status IN ('resolved', 'awaiting_customer') THEN 'open' ELSE conversations.status END, \
+               resolved_at = CASE WHEN conversations.status = 'resolved' THEN NULL ELSE conversations.resolved_at END, \
+               updated_at = excluded.updated_at, last_message_at = excluded.last_message_at",
+        )
+        .bind(conversation_id.as_str())
+        .bind(msg.channel.as_str())
+        .bind(msg.thread_key.as_str())
+        .bind(identity_id.as_str())
+        .bind(identity_customer.as_deref())
+        .bind(msg.subject.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let lock = match self.backend {
+            Backend::Postgres => {
+                "SELECT id FROM conversations WHERE channel = $1 AND thread_key = $2 FOR UPDATE"
+            }
+            Backend::Sqlite => "SELECT id FROM conversations WHERE channel = $1 AND thread_key = $2",
+        };
+        let conv = sqlx::query(lock)
+            .bind(msg.channel.as_str())
+            .bind(msg.thread_key.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let conversation_id = get_str(&conv, "id")?;
+
+        let message_id = new_id("msg");
+        insert_message(
+            &mut tx,
+            &message_id,
+            &conversation_id,
+            &msg.channel,
+            msg.external_id.as_deref(),
+            Direction::Inbound,
+            msg.author_kind,
+            Some(identity_id.as_str()),
+            &msg.text,
+            msg.html.as_deref(),
+            &msg.attachments,
+            &msg.meta,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(IngestOutcome {
+            conversation_id,
+            message_id,
+            identity_id,
+            duplicate: false,
+        })
+    }
+
+    /// Adds a message Concierge produced (a reply, a note) to a conversation.
+    pub async fn append_message(
+        &self,
+        conversation_id: &str,
+        msg: &NewMessage,
+    ) -> StoreResult<Message> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let conv = sqlx::query("SELECT channel FROM conversations WHERE id = $1")
+            .bind(conversation_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("no conversation {conversation_id}")))?;
+        let channel = get_str(&conv, "channel")?;
+        let id = new_id("msg");
+        let seq = insert_message(
+            &mut tx,
+            &id,
+            conversation_id,
+            &channel,
+            None,
+            msg.direction,
+            msg.author_kind,
+            msg.author_id.as_deref(),
+            &msg.text,
+            msg.html.as_deref(),
+            &Value::Array(Vec::new()),
+            &msg.meta,
+            now,
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE conversations SET updated_at = $2, last_message_at = $2 WHERE id = $1",
+        )
+        .bind(conversation_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Message {
+            id,
+            conversation_id: conversation_id.to_string(),
+            seq,
+            channel,
+            external_id: None,
+            direction: msg.direction,
+            author_kind: msg.author_kind,
+            author_id: msg.author_id.clone(),
+            text: msg.text.clone(),
+            html: msg.html.clone(),
+            attachments: Value::Array(Vec::new()),
+            meta: msg.meta.clone(),
+            created_at: now,
+        })
+    }
+
+    pub async fn get_conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query("SELECT * FROM conversations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(conversation_from_row).transpose()
+    }
+
+    /// A conversation and all its messages in order.
+    pub async fn conversation_view(&self, id: &str) -> StoreResult<Option<ConversationView>> {
+        let Some(conversation) = self.get_conversation(id).await? else {
+            return Ok(None);
+        };
+        let messages = sqlx::query("SELECT * FROM messages WHERE conversation_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(message_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(ConversationView {
+            conversation,
+            messages,
+        }))
+    }
+
+    pub async fn set_conversation_status(
+        &self,
+        id: &str,
+        status: ConversationStatus,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE conversations SET status = $2, updated_at = $3, \
+               escalated_at = CASE WHEN $2 = 'escalated' THEN $3 ELSE escalated_at END, \
+               resolved_at = CASE WHEN $2 = 'resolved' THEN $3 ELSE NULL END \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_identity(&self, id: &str) -> StoreResult<Option<Identity>> {
+        let row = sqlx::query("SELECT * FROM identities WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Identity {
+                id: get_str(&r, "id")?,
+                channel: get_str(&r, "channel")?,
+                external_id: get_str(&r, "external_id")?,
+                customer_id: get_opt_str(&r, "customer_id")?,
+                verified: get_i64(&r, "verified")? != 0,
+                display_name: get_opt_str(&r, "display_name")?,
+                email: get_opt_str(&r, "email")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_message(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    id: &str,
+    conversation_id: &str,
+    channel: &str,
+    external_id: Option<&str>,
+    direction: Direction,
+    author_kind: AuthorKind,
+    author_id: Option<&str>,
+    text: &str,
+    html: Option<&str>,
+    attachments: &Value,
+    meta: &Value,
+    now: i64,
+) -> StoreResult<i64> {
+    let seq_row = sqlx::query(
+        "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM messages WHERE conversation_id = $1",
+    )
+    .bind(conversation_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let seq = get_i64(&seq_row, "next")?;
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, seq, channel, external_id, direction, author_kind, author_id, text, html, attachments, meta, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(id)
+    .bind(conversation_id)
+    .bind(seq)
+    .bind(channel)
+    .bind(external_id)
+    .bind(direction.as_str())
+    .bind(author_kind.as_str())
+    .bind(author_id)
+    .bind(text)
+    .bind(html)
+    .bind(to_json(attachments))
+    .bind(to_json(meta))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(seq)
+}
+
+fn conversation_from_row(r: &AnyRow) -> StoreResult<Conversation> {
+    let status = get_str(r, "status")?;
+    Ok(Conversation {
+        id: get_str(r, "id")?,
+        channel: get_str(r, "channel")?,
+        thread_key: get_str(r, "thread_key")?,
+        identity_id: get_opt_str(r, "identity_id")?,
+        customer_id: get_opt_str(r, "customer_id")?,
+        status: ConversationStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+            what: "conversation status".into(),
+            message: format!("unknown status {status:?}"),
+        })?,
+        assignee: get_opt_str(r, "assignee")?,
+        priority: get_str(r, "priority")?,
+        tags: get_json(r, "tags")?,
+        subject: get_opt_str(r, "subject")?,
+        created_at: get_i64(r, "created_at")?,
+        updated_at: get_i64(r, "updated_at")?,
+        last_message_at: get_opt_i64(r, "last_message_at")?,
+        escalated_at: get_opt_i64(r, "escalated_at")?,
+        resolved_at: get_opt_i64(r, "resolved_at")?,
+    })
+}
+
+fn message_from_row(r: &AnyRow) -> StoreResult<Message> {
+    let direction = get_str(r, "direction")?;
+    let author = get_str(r, "author_kind")?;
+    Ok(Message {
+        id: get_str(r, "id")?,
+        conversation_id: get_str(r, "conversation_id")?,
+        seq: get_i64(r, "seq")?,
+        channel: get_str(r, "channel")?,
+        external_id: get_opt_str(r, "external_id")?,
+        direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
+            what: "message direction".into(),
+            message: format!("unknown direction {direction:?}"),
+        })?,
+        author_kind: AuthorKind::parse(&author).ok_or_else(|| StoreError::Corrupt {
+            what: "message author".into(),
+            message: format!("unknown author kind {author:?}"),
+        })?,
+        author_id: get_opt_str(r, "author_id")?,
+        text: get_str(r, "text")?,
+        html: get_opt_str(r, "html")?,
+        attachments: get_json(r, "attachments")?,
+        meta: get_json(r, "meta")?,
+        created_at: get_i64(r, "created_at")?,
+    })
+}

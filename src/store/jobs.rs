@@ -1,0 +1,185 @@
+//! Durable jobs: work that must survive a crash (deliveries, index updates, imports handed to a
+//! running server). A worker claims a due job with a lease; if it dies, the lease runs out and
+//! another worker takes the job over. On PostgreSQL several instances claim concurrently with
+//! `FOR UPDATE SKIP LOCKED`; on SQLite the write lock serializes claims.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+
+use super::{
+    Backend, Store, StoreResult, get_i64, get_json, get_opt_str, get_str, to_json,
+};
+use crate::util::{new_id, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Done,
+    /// Failed more often than it may; kept, with its last error, for staff to see and retry.
+    Dead,
+}
+
+impl JobStatus {
+    fn parse(s: &str) -> JobStatus {
+        match s {
+            "running" => JobStatus::Running,
+            "done" => JobStatus::Done,
+            "dead" => JobStatus::Dead,
+            _ => JobStatus::Queued,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub payload: Value,
+    pub status: JobStatus,
+    /// Attempts so far, this one included once claimed.
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_at: i64,
+    pub last_error: Option<String>,
+    pub dedupe_key: Option<String>,
+}
+
+impl Store {
+    /// Queues a job. With a `dedupe_key`, a second job with the same key is not queued (the
+    /// first one's id is returned).
+    pub async fn enqueue_job(
+        &self,
+        kind: &str,
+        payload: &Value,
+        dedupe_key: Option<&str>,
+        max_attempts: i64,
+    ) -> StoreResult<String> {
+        let now = now_ms();
+        let id = new_id("job");
+        sqlx::query(
+            "INSERT INTO jobs (id, kind, payload, status, attempts, max_attempts, run_at, dedupe_key, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $5, $5) ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(kind)
+        .bind(to_json(payload))
+        .bind(max_attempts)
+        .bind(now)
+        .bind(dedupe_key)
+        .execute(&self.pool)
+        .await?;
+        if let Some(key) = dedupe_key {
+            let row = sqlx::query("SELECT id FROM jobs WHERE dedupe_key = $1")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
+            return get_str(&row, "id");
+        }
+        Ok(id)
+    }
+
+    /// Claims the next due job (queued and due, or running with an expired lease) for
+    /// `lease_ms`.
+    pub async fn claim_job(&self, worker: &str, lease_ms: i64) -> StoreResult<Option<Job>> {
+        let now = now_ms();
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1, \
+                   locked_until = $2, updated_at = $3 \
+                 WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $3) \
+                   OR (status = 'running' AND locked_until < $3) ORDER BY run_at, id LIMIT 1 \
+                   FOR UPDATE SKIP LOCKED) RETURNING *"
+            }
+            Backend::Sqlite => {
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1, \
+                   locked_until = $2, updated_at = $3 \
+                 WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $3) \
+                   OR (status = 'running' AND locked_until < $3) ORDER BY run_at, id LIMIT 1) \
+                 RETURNING *"
+            }
+        };
+        let row = sqlx::query(sql)
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub async fn complete_job(&self, id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'done', locked_until = NULL, locked_by = NULL, updated_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: the job runs again at `retry_at`, or is dead when it has used
+    /// its attempts.
+    pub async fn fail_job(&self, id: &str, error: &str, retry_at: i64) -> StoreResult<JobStatus> {
+        let row = sqlx::query(
+            "UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+               run_at = $3, last_error = $2, locked_until = NULL, locked_by = NULL, updated_at = $4 \
+             WHERE id = $1 RETURNING status",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(retry_at)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(JobStatus::parse(&get_str(&row, "status")?))
+    }
+
+    /// Puts a dead (or queued) job back to run now, with fresh attempts.
+    pub async fn retry_job_now(&self, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $2, updated_at = $2 \
+             WHERE id = $1 AND status IN ('dead', 'queued')",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn get_job(&self, id: &str) -> StoreResult<Option<Job>> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Jobs not finished yet (queued or running), for metrics and health.
+    pub async fn pending_jobs(&self) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        get_i64(&row, "n")
+    }
+}
+
+fn job_from_row(r: &AnyRow) -> StoreResult<Job> {
+    Ok(Job {
+        id: get_str(r, "id")?,
+        kind: get_str(r, "kind")?,
+        payload: get_json(r, "payload")?,
+        status: JobStatus::parse(&get_str(r, "status")?),
+        attempts: get_i64(r, "attempts")?,
+        max_attempts: get_i64(r, "max_attempts")?,
+        run_at: get_i64(r, "run_at")?,
+        last_error: get_opt_str(r, "last_error")?,
+        dedupe_key: get_opt_str(r, "dedupe_key")?,
+    })
+}

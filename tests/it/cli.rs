@@ -1,0 +1,208 @@
+//! The `concierge` binary as an operator runs it: import, export, reindex, and the README's
+//! demo command.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{repo_path, shared_data};
+
+fn concierge(data_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_concierge"));
+    c.current_dir(repo_path(""))
+        .env_remove("DATABASE_URL")
+        .env_remove("CONCIERGE_API_KEY")
+        .env("RUST_LOG", "warn")
+        .env("CONCIERGE_DATA_DIR", data_dir);
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run concierge");
+    assert!(
+        out.status.success(),
+        "concierge failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn tau_import_export_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = shared_data("tau-bench-retail/tau-bench-v1");
+    let out = run_ok(concierge(&data).args(["import", "tau-retail"]).arg(&src));
+    assert!(out.contains("500 customers"), "{out}");
+    assert!(out.contains("1000 orders"), "{out}");
+    // Again: an upsert, the export is the same.
+    run_ok(concierge(&data).args(["import", "tau-retail"]).arg(&src));
+    let exported = tmp.path().join("export");
+    run_ok(concierge(&data).args(["export", "tau-retail"]).arg(&exported));
+    for f in ["users.json", "orders.json", "products.json"] {
+        let a = read_json(&src.join(f));
+        let b = read_json(&exported.join(f));
+        assert!(a == b, "{f} differs after import → export");
+    }
+    // The export imports back to the same state.
+    let data2 = tmp.path().join("data2");
+    run_ok(concierge(&data2).args(["import", "tau-retail"]).arg(&exported));
+    let exported2 = tmp.path().join("export2");
+    run_ok(concierge(&data2).args(["export", "tau-retail"]).arg(&exported2));
+    assert_eq!(
+        read_json(&exported.join("orders.json")),
+        read_json(&exported2.join("orders.json"))
+    );
+    let out = run_ok(concierge(&data).arg("reindex"));
+    assert!(out.contains("Reindexed"), "{out}");
+}
+
+#[test]
+fn shopify_fixtures_import_and_a_corrupt_file_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dir = shared_data("webhooks/shopify");
+    for (kind, file) in [
+        ("shopify-customers", "shopify_python_api__customer.json"),
+        ("shopify-products", "shopify_python_api__product.json"),
+        ("shopify-orders", "shopify_python_api__orders.json"),
+        ("shopify-orders", "shopify_python_api__order.json"),
+        ("shopify-orders", "orders_create_body_compact.json"),
+    ] {
+        run_ok(concierge(&data).args(["import", kind]).arg(dir.join(file)));
+    }
+    let before = tmp.path().join("before");
+    run_ok(concierge(&data).args(["export", "tau-retail"]).arg(&before));
+    let orders = read_json(&before.join("orders.json"));
+    assert!(orders.get("#1001").is_some(), "order #1001 imported: {orders}");
+
+    // Corrupt the second record of a two-order file.
+    let mut doc = read_json(&dir.join("shopify_python_api__orders.json"));
+    let first = doc["orders"][0].clone();
+    let mut second = first.clone();
+    second["id"] = json!(999_000_111);
+    second["name"] = json!("#9001");
+    second["total_price"] = json!("twelve dollars");
+    doc["orders"] = json!([first, second]);
+    let bad = tmp.path().join("bad_orders.json");
+    std::fs::write(&bad, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = concierge(&data)
+        .args(["import", "shopify-orders"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad_orders.json"), "{err}");
+    assert!(err.contains("record 1"), "{err}");
+    assert!(err.contains("total_price"), "{err}");
+    let after = tmp.path().join("after");
+    run_ok(concierge(&data).args(["export", "tau-retail"]).arg(&after));
+    for f in ["users.json", "orders.json", "products.json"] {
+        assert_eq!(read_json(&before.join(f)), read_json(&after.join(f)), "{f} changed");
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's demo command, on a fresh data dir: it serves, answers health, stores a message
+/// and recognizes its duplicate; SIGTERM stops it cleanly.
+#[test]
+fn demo_command_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut child = concierge(&data)
+        .args(["serve", "--demo", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start demo");
+    let stdout = child.stdout.take().unwrap();
+    let mut server = Server(child);
+    let (mut health, mut key) = (None, None);
+    let start = Instant::now();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(u) = line.trim().strip_prefix("Health:") {
+            health = Some(u.trim().to_string());
+        }
+        if let Some(k) = line.trim().strip_prefix("API key:") {
+            key = Some(k.trim().to_string());
+        }
+        if health.is_some() && key.is_some() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "demo did not start");
+    }
+    let health = health.expect("demo prints the health URL");
+    let key = key.expect("demo prints the API key");
+    let base = health.trim_end_matches("/healthz").to_string();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let r = client.get(&health).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let body = json!({"thread": "demo", "from": {"name": "Sam"}, "text": "hello", "message_id": "d-1"});
+        let post = || {
+            client
+                .post(format!("{base}/api/v1/messages"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+        };
+        let a: Value = post().await.unwrap().json().await.unwrap();
+        let b: Value = post().await.unwrap().json().await.unwrap();
+        assert_eq!((a["duplicate"].clone(), b["duplicate"].clone()), (json!(false), json!(true)));
+        let conv: Value = client
+            .get(format!("{base}/api/v1/conversations/{}", a["conversation_id"].as_str().unwrap()))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(conv["messages"][0]["text"], "hello");
+        // The demo store is searchable.
+        let hits: Value = client
+            .get(format!("{base}/api/v1/search?q=returns&kind=policies"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(!hits["hits"].as_array().unwrap().is_empty(), "{hits}");
+    });
+
+    // Graceful stop on SIGTERM.
+    let pid = server.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            assert!(status.success(), "demo exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
