@@ -56,8 +56,7 @@ impl Application {
             .context("cannot load the brand policy")?;
         let api_key = api_key(&config, &store).await?;
         let search = open_index(&config.data_dir)?;
-        if search.needs_rebuild() || (search.num_docs() == 0 && store.counts().await?.orders > 0)
-        {
+        if search.needs_rebuild() || (search.num_docs() == 0 && store.counts().await?.orders > 0) {
             let n = rebuild_index(&store, &search, &config.brand.dir).await?;
             tracing::info!(documents = n, "search index rebuilt from the database");
         }
@@ -110,7 +109,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains gracefully.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Application {
             listener,
             metrics_listener,
@@ -193,7 +195,9 @@ pub async fn api_key(config: &Config, store: &Store) -> anyhow::Result<Secret> {
     }
     let key = format!("ck_{}", random_token(24));
     store.set_setting("api_key", &key).await?;
-    tracing::info!("generated an API key for this data dir (see `concierge serve --demo` output, or set CONCIERGE_API_KEY)");
+    tracing::info!(
+        "generated an API key for this data dir (see `concierge serve --demo` output, or set CONCIERGE_API_KEY)"
+    );
     Ok(Secret::new(key))
 }
 

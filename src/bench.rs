@@ -62,7 +62,11 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn bench_import(path: &std::path::Path, runs: usize, url: Option<String>) -> anyhow::Result<()> {
+async fn bench_import(
+    path: &std::path::Path,
+    runs: usize,
+    url: Option<String>,
+) -> anyhow::Result<()> {
     let mut parse_times = Vec::new();
     let mut write_times = Vec::new();
     for _ in 0..runs.max(1) {
@@ -73,7 +77,9 @@ async fn bench_import(path: &std::path::Path, runs: usize, url: Option<String>) 
         let store = crate::store::Store::open(dir.path(), url.as_deref(), 4).await?;
         let t = Instant::now();
         for (_, b) in &batches {
-            store.import(&b.customers, &b.products, &b.orders, |_| {}).await?;
+            store
+                .import(&b.customers, &b.products, &b.orders, |_| {})
+                .await?;
         }
         write_times.push(t.elapsed());
         store.close().await;
@@ -128,7 +134,11 @@ fn bench_index(orders: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench_lookup(path: &std::path::Path, requests: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn bench_lookup(
+    path: &std::path::Path,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::load(None, Vec::<(String, String)>::new())?;
     config.data_dir = dir.path().join("data");
@@ -138,11 +148,17 @@ async fn bench_lookup(path: &std::path::Path, requests: usize, concurrency: usiz
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     for (_, b) in &batches {
-        store.import(&b.customers, &b.products, &b.orders, |_| {}).await?;
+        store
+            .import(&b.customers, &b.products, &b.orders, |_| {})
+            .await?;
     }
     let numbers: Vec<String> = batches
         .iter()
-        .flat_map(|(_, b)| b.orders.iter().map(|o| o.number.trim_start_matches('#').to_string()))
+        .flat_map(|(_, b)| {
+            b.orders
+                .iter()
+                .map(|o| o.number.trim_start_matches('#').to_string())
+        })
         .collect();
     anyhow::ensure!(!numbers.is_empty(), "no orders in {}", path.display());
 
@@ -150,7 +166,9 @@ async fn bench_lookup(path: &std::path::Path, requests: usize, concurrency: usiz
     let mut times = Vec::with_capacity(requests);
     for i in 0..requests {
         let t = Instant::now();
-        let o = store.get_order_by_number(&numbers[i % numbers.len()]).await?;
+        let o = store
+            .get_order_by_number(&numbers[i % numbers.len()])
+            .await?;
         times.push(t.elapsed());
         anyhow::ensure!(o.is_some(), "order lookup found nothing");
     }
@@ -224,9 +242,8 @@ impl HttpConn {
 
     /// Sends a GET and reads the whole response; returns the status code.
     pub async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<u16> {
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\n\r\n"
-        );
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\n\r\n");
         self.stream.write_all(req.as_bytes()).await?;
         self.buf.clear();
         let mut chunk = [0u8; 8192];

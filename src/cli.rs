@@ -18,7 +18,11 @@ use crate::import::{self, ImportKind};
 const DEMO_SEED: u64 = 2026;
 
 #[derive(Debug, Parser)]
-#[command(name = "concierge", version, about = "Self-hosted customer-support agent for e-commerce brands")]
+#[command(
+    name = "concierge",
+    version,
+    about = "Self-hosted customer-support agent for e-commerce brands"
+)]
 pub struct Cli {
     /// Configuration file (default: ./concierge.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -73,7 +77,10 @@ pub enum ExportFormat {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -165,16 +172,21 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
             .next()
             .map(|o| o.number)
             .unwrap_or_else(|| "#D0000000".into());
-        println!("Concierge is running with the demo brand.");
-        println!("  Health:        http://{addr}/healthz");
-        println!("  API channel:   http://{addr}/api/v1/messages");
-        println!("  Search:        http://{addr}/api/v1/search?q=returns");
-        println!("  API key:       {}", state.api_key.expose());
-        println!("Try:");
-        println!(
-            "  curl -s http://{addr}/api/v1/messages -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n    -d '{{\"thread\":\"demo-1\",\"from\":{{\"name\":\"Sam\"}},\"text\":\"Where is my order {example}?\"}}'",
-            state.api_key.expose()
+        let key = state.api_key.expose();
+        let text = format!(
+            "Concierge is running with the demo brand.\n\
+             \x20 Health:        http://{addr}/healthz\n\
+             \x20 API channel:   http://{addr}/api/v1/messages\n\
+             \x20 Search:        http://{addr}/api/v1/search?q=returns\n\
+             \x20 API key:       {key}\n\
+             Try:\n\
+             \x20 curl -s http://{addr}/api/v1/messages -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n\
+             \x20   -d '{{\"thread\":\"demo-1\",\"from\":{{\"name\":\"Sam\"}},\"text\":\"Where is my order {example}?\"}}'\n"
         );
+        // Whoever reads our stdout may go away; that must not stop the service.
+        let mut out = std::io::stdout().lock();
+        let _ = std::io::Write::write_all(&mut out, text.as_bytes());
+        let _ = std::io::Write::flush(&mut out);
     } else {
         tracing::info!(%addr, "Concierge is listening");
     }
@@ -279,8 +291,7 @@ async fn export_tau(config: Config, out_dir: &Path) -> anyhow::Result<()> {
     let products = store.all_products().await?;
     let orders = store.all_orders().await?;
     store.close().await;
-    let (users, orders_json, products_json) =
-        import::tau::export(&customers, &products, &orders);
+    let (users, orders_json, products_json) = import::tau::export(&customers, &products, &orders);
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     for (name, value) in [

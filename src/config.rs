@@ -184,10 +184,12 @@ impl Config {
         let (path, text) = match file {
             Some(p) => (
                 p.to_path_buf(),
-                Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?),
+                Some(
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                        path: p.to_path_buf(),
+                        source,
+                    })?,
+                ),
             ),
             None if default_path.exists() => (
                 default_path.to_path_buf(),
@@ -298,11 +300,7 @@ fn apply_env(
 
 /// Types an environment value like the default it overrides (numbers and booleans parsed,
 /// everything else kept as text).
-fn typed_value(
-    skeleton: &toml::Table,
-    path: &[String],
-    raw: &str,
-) -> Result<toml::Value, String> {
+fn typed_value(skeleton: &toml::Table, path: &[String], raw: &str) -> Result<toml::Value, String> {
     let mut node: Option<&toml::Value> = None;
     let mut table = Some(skeleton);
     for part in path {
@@ -369,9 +367,12 @@ mod tests {
 
     #[test]
     fn bad_values_and_unknown_keys_are_named() {
-        let e = Config::load(None, env(&[("CONCIERGE_DATABASE__MAX_CONNECTIONS", "many")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load(
+            None,
+            env(&[("CONCIERGE_DATABASE__MAX_CONNECTIONS", "many")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("CONCIERGE_DATABASE__MAX_CONNECTIONS"), "{e}");
         let e = Config::load(None, env(&[("CONCIERGE_SERVER__BINDD", "x")]))
             .unwrap_err()

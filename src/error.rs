@@ -48,7 +48,9 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -171,8 +173,7 @@ mod tests {
     fn json_errors_name_the_field() {
         let e = parse_json::<Body>(br#"{"thread": 5, "from": {}}"#).unwrap_err();
         assert!(e.to_string().contains("`thread`"), "{e}");
-        let e = parse_json::<Body>(br#"{"thread": "t", "from": {"verified": "yes"}}"#)
-            .unwrap_err();
+        let e = parse_json::<Body>(br#"{"thread": "t", "from": {"verified": "yes"}}"#).unwrap_err();
         assert!(e.to_string().contains("`from.verified`"), "{e}");
         let e = parse_json::<Body>(br#"{"thread": "t""#).unwrap_err();
         assert!(e.to_string().contains("not valid JSON"), "{e}");

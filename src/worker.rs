@@ -18,7 +18,8 @@ pub const JOB_REINDEX: &str = "reindex";
 pub async fn run(state: AppState, stop: CancellationToken) {
     let worker_id = new_id("wrk");
     let poll = Duration::from_millis(state.config.jobs.poll_interval_ms.max(10));
-    let lease_ms = i64::try_from(state.config.jobs.lease_secs.saturating_mul(1000)).unwrap_or(60_000);
+    let lease_ms =
+        i64::try_from(state.config.jobs.lease_secs.saturating_mul(1000)).unwrap_or(60_000);
     loop {
         if stop.is_cancelled() {
             return;

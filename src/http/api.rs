@@ -165,7 +165,9 @@ pub async fn get_order(
         .get_order_by_number(&number)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no order {number}")))?;
-    Ok(Json(serde_json::to_value(&order).map_err(anyhow::Error::from)?))
+    Ok(Json(
+        serde_json::to_value(&order).map_err(anyhow::Error::from)?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,7 +192,10 @@ pub async fn search(
     let kind = match params.kind.as_deref() {
         None | Some("") => None,
         Some(k) => Some(DocKind::parse(k).ok_or_else(|| {
-            ApiError::bad_field("kind", format!("{k:?} is not one of orders, products, policies"))
+            ApiError::bad_field(
+                "kind",
+                format!("{k:?} is not one of orders, products, policies"),
+            )
         })?),
     };
     let limit = params.limit.unwrap_or(10).clamp(1, 100);

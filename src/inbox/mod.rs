@@ -16,7 +16,10 @@ pub const MAX_KEY_CHARS: usize = 256;
 pub enum InboxError {
     /// The message is unusable as given; the string names the field and the problem.
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
-use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
 
 use super::{
     Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_json, get_opt_str,
@@ -394,7 +394,9 @@ impl Store {
         ) -> StoreResult<HashMap<String, Vec<T>>> {
             let mut map: HashMap<String, Vec<T>> = HashMap::new();
             for r in sqlx::query(sql).fetch_all(&store.pool).await? {
-                map.entry(get_str(&r, "order_id")?).or_default().push(f(&r)?);
+                map.entry(get_str(&r, "order_id")?)
+                    .or_default()
+                    .push(f(&r)?);
             }
             Ok(map)
         }
@@ -715,10 +717,7 @@ pub(crate) async fn put_return(conn: &mut AnyConnection, r: &ReturnRequest) -> S
     Ok(())
 }
 
-pub(crate) async fn put_exchange(
-    conn: &mut AnyConnection,
-    x: &ExchangeRequest,
-) -> StoreResult<()> {
+pub(crate) async fn put_exchange(conn: &mut AnyConnection, x: &ExchangeRequest) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO exchanges (id, order_id, item_ids, new_item_ids, payment_method_id, status, price_diff_minor, currency, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -932,4 +931,3 @@ fn refund_from_row(r: &AnyRow) -> StoreResult<Refund> {
         created_at: get_opt_i64(r, "created_at")?,
     })
 }
-

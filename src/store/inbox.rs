@@ -244,14 +244,14 @@ impl Store {
         // The sender's identity on this channel.
         let email = msg.sender_email.as_ref().map(|e| e.trim().to_lowercase());
         let linked_customer = match (&email, msg.sender_verified) {
-            (Some(e), true) => sqlx::query(
-                "SELECT customer_id FROM customer_emails WHERE email = $1",
-            )
-            .bind(e.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| get_str(&r, "customer_id"))
-            .transpose()?,
+            (Some(e), true) => {
+                sqlx::query("SELECT customer_id FROM customer_emails WHERE email = $1")
+                    .bind(e.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| get_str(&r, "customer_id"))
+                    .transpose()?
+            }
             _ => None,
         };
         let identity_id = new_id("idn");
@@ -309,7 +309,9 @@ impl Store {
             Backend::Postgres => {
                 "SELECT id FROM conversations WHERE channel = $1 AND thread_key = $2 FOR UPDATE"
             }
-            Backend::Sqlite => "SELECT id FROM conversations WHERE channel = $1 AND thread_key = $2",
+            Backend::Sqlite => {
+                "SELECT id FROM conversations WHERE channel = $1 AND thread_key = $2"
+            }
         };
         let conv = sqlx::query(lock)
             .bind(msg.channel.as_str())
@@ -375,13 +377,11 @@ impl Store {
             now,
         )
         .await?;
-        sqlx::query(
-            "UPDATE conversations SET updated_at = $2, last_message_at = $2 WHERE id = $1",
-        )
-        .bind(conversation_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE conversations SET updated_at = $2, last_message_at = $2 WHERE id = $1")
+            .bind(conversation_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Message {
             id,
@@ -413,13 +413,14 @@ impl Store {
         let Some(conversation) = self.get_conversation(id).await? else {
             return Ok(None);
         };
-        let messages = sqlx::query("SELECT * FROM messages WHERE conversation_id = $1 ORDER BY seq")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(message_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let messages =
+            sqlx::query("SELECT * FROM messages WHERE conversation_id = $1 ORDER BY seq")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(message_from_row)
+                .collect::<StoreResult<Vec<_>>>()?;
         Ok(Some(ConversationView {
             conversation,
             messages,

@@ -7,9 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::any::AnyRow;
 
-use super::{
-    Backend, Store, StoreResult, get_i64, get_json, get_opt_str, get_str, to_json,
-};
+use super::{Backend, Store, StoreResult, get_i64, get_json, get_opt_str, get_str, to_json};
 use crate::util::{new_id, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -161,11 +159,10 @@ impl Store {
 
     /// Jobs not finished yet (queued or running), for metrics and health.
     pub async fn pending_jobs(&self) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(&self.pool)
+                .await?;
         get_i64(&row, "n")
     }
 }

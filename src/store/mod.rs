@@ -243,10 +243,7 @@ fn get_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> StoreRes
     })
 }
 
-fn get_opt_json<T: serde::de::DeserializeOwned>(
-    row: &AnyRow,
-    col: &str,
-) -> StoreResult<Option<T>> {
+fn get_opt_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> StoreResult<Option<T>> {
     match get_opt_str(row, col)? {
         None => Ok(None),
         Some(text) => serde_json::from_str(&text)
@@ -271,9 +268,6 @@ mod tests {
             super::redact_url("postgres://bob:secret@db:5432/x"),
             "postgres://bob:***@db:5432/x"
         );
-        assert_eq!(
-            super::redact_url("postgres://db/x"),
-            "postgres://db/x"
-        );
+        assert_eq!(super::redact_url("postgres://db/x"), "postgres://db/x");
     }
 }

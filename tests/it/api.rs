@@ -88,15 +88,27 @@ async fn bad_requests_get_clear_errors() {
     // 400 naming the field.
     let (s, e) = app.post_message(json!({"thread": 7, "text": "hi"})).await;
     assert_eq!(s, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("thread"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("thread"),
+        "{e}"
+    );
     let (s, e) = app.post_message(json!({"thread": "t"})).await;
     assert_eq!(s, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("text"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("text"),
+        "{e}"
+    );
     let (s, e) = app
         .post_message(json!({"thread": "t", "text": "hi", "from": {"verified": "yes"}}))
         .await;
     assert_eq!(s, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("from.verified"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("from.verified"),
+        "{e}"
+    );
     let r = app
         .client
         .post(&url)
@@ -109,9 +121,14 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(r.status().as_u16(), 400);
 
     // 422: well-formed but unusable.
-    let (s, e) = app.post_message(json!({"thread": "t", "text": "   "})).await;
+    let (s, e) = app
+        .post_message(json!({"thread": "t", "text": "   "}))
+        .await;
     assert_eq!(s, 422);
-    assert!(e["error"]["message"].as_str().unwrap().contains("text"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("text"),
+        "{e}"
+    );
     let (s, e) = app
         .post_message(json!({"thread": "t", "text": "hi", "from": {"email": "not-an-email"}}))
         .await;
@@ -156,14 +173,30 @@ async fn search_finds_orders_products_and_policies() {
             .collect()
     };
     // By number, with and without '#'.
-    let (s, v) = app.get_json("/api/v1/search?q=%23W2611340&kind=orders").await;
+    let (s, v) = app
+        .get_json("/api/v1/search?q=%23W2611340&kind=orders")
+        .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(hits(&v).first().map(String::as_str), Some("#W2611340"), "{v}");
+    assert_eq!(
+        hits(&v).first().map(String::as_str),
+        Some("#W2611340"),
+        "{v}"
+    );
     let (_, v) = app.get_json("/api/v1/search?q=W2611340").await;
-    assert_eq!(hits(&v).first().map(String::as_str), Some("#W2611340"), "{v}");
+    assert_eq!(
+        hits(&v).first().map(String::as_str),
+        Some("#W2611340"),
+        "{v}"
+    );
     // By tracking number.
-    let (_, v) = app.get_json("/api/v1/search?q=357962501027&kind=orders").await;
-    assert_eq!(hits(&v).first().map(String::as_str), Some("#W2611340"), "{v}");
+    let (_, v) = app
+        .get_json("/api/v1/search?q=357962501027&kind=orders")
+        .await;
+    assert_eq!(
+        hits(&v).first().map(String::as_str),
+        Some("#W2611340"),
+        "{v}"
+    );
     // By customer email: every hit is one of that customer's orders.
     let (_, v) = app
         .get_json("/api/v1/search?q=ivan.santos3158%40example.com&kind=orders")
@@ -173,14 +206,19 @@ async fn search_finds_orders_products_and_policies() {
         assert!(got.contains(n), "{n} missing: {v}");
     }
     // A product by name.
-    let (_, v) = app.get_json("/api/v1/search?q=water%20bottle&kind=products").await;
+    let (_, v) = app
+        .get_json("/api/v1/search?q=water%20bottle&kind=products")
+        .await;
     assert!(!hits(&v).is_empty(), "{v}");
     // A policy section from a question's words, citing its heading.
     let (_, v) = app
         .get_json("/api/v1/search?q=how%20many%20days%20do%20I%20have%20to%20return%20something&kind=policies")
         .await;
     let first = &v["hits"][0];
-    assert!(first["key"].as_str().unwrap_or("").starts_with("returns"), "{v}");
+    assert!(
+        first["key"].as_str().unwrap_or("").starts_with("returns"),
+        "{v}"
+    );
     assert!(!first["title"].as_str().unwrap_or("").is_empty(), "{v}");
 
     // Bad search input.
@@ -221,7 +259,10 @@ async fn a_new_order_is_searchable_within_a_second() {
         if v["hits"][0]["key"] == "#W9999999" {
             break;
         }
-        assert!(start.elapsed().as_millis() < 1000, "not searchable after 1 s");
+        assert!(
+            start.elapsed().as_millis() < 1000,
+            "not searchable after 1 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.stop().await;

@@ -60,7 +60,9 @@ pub async fn fresh_postgres() -> Option<String> {
         .await
         .expect("create test database");
     let _ = conn.close().await;
-    let (prefix, _) = base.rsplit_once('/').expect("TEST_DATABASE_URL has a database name");
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .expect("TEST_DATABASE_URL has a database name");
     Some(format!("{prefix}/{name}"))
 }
 

@@ -60,7 +60,9 @@ async fn import_tau(store: &Store, b: &ImportBatch) {
 
 on_both!(tau_import_is_an_idempotent_upsert);
 async fn tau_import_is_an_idempotent_upsert(db: Db) {
-    let Some((store, _dir)) = open(db).await else { return };
+    let Some((store, _dir)) = open(db).await else {
+        return;
+    };
     let batch = tau_batch();
     import_tau(&store, &batch).await;
     let c = store.counts().await.unwrap();
@@ -87,18 +89,30 @@ async fn tau_import_is_an_idempotent_upsert(db: Db) {
 
 on_both!(lookups_by_number_email_name_and_tracking);
 async fn lookups_by_number_email_name_and_tracking(db: Db) {
-    let Some((store, _dir)) = open(db).await else { return };
+    let Some((store, _dir)) = open(db).await else {
+        return;
+    };
     import_tau(&store, &tau_batch()).await;
     for q in ["#W2611340", "W2611340", "w2611340", " #w2611340 "] {
         let o = store.get_order_by_number(q).await.unwrap();
         assert_eq!(o.map(|o| o.id), Some("#W2611340".to_string()), "{q}");
     }
-    let o = store.get_order_by_number("#W2611340").await.unwrap().unwrap();
+    let o = store
+        .get_order_by_number("#W2611340")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(o.status, OrderStatus::Processed);
     assert_eq!(o.items.len(), 2);
     assert_eq!(o.items[0].price, 4784);
     assert_eq!(o.customer_id.as_deref(), Some("james_li_5688"));
-    assert!(store.get_order_by_number("#W0000000").await.unwrap().is_none());
+    assert!(
+        store
+            .get_order_by_number("#W0000000")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let t = store.get_order_by_tracking("357962501027").await.unwrap();
     assert_eq!(t.map(|o| o.id), Some("#W2611340".to_string()));
@@ -122,14 +136,22 @@ async fn lookups_by_number_email_name_and_tracking(db: Db) {
             .unwrap()
             .is_empty()
     );
-    let orders = store.list_customer_orders("ivan_santos_6635").await.unwrap();
+    let orders = store
+        .list_customer_orders("ivan_santos_6635")
+        .await
+        .unwrap();
     let numbers: Vec<_> = orders.iter().map(|o| o.number.as_str()).collect();
-    assert_eq!(numbers, ["#W6893533", "#W8770097", "#W5183325", "#W3913498"]);
+    assert_eq!(
+        numbers,
+        ["#W6893533", "#W8770097", "#W5183325", "#W3913498"]
+    );
 }
 
 on_both!(a_failed_import_writes_nothing);
 async fn a_failed_import_writes_nothing(db: Db) {
-    let Some((store, _dir)) = open(db).await else { return };
+    let Some((store, _dir)) = open(db).await else {
+        return;
+    };
     let mut batch = tau_batch();
     // The last order points at a customer nobody knows: the whole batch must be refused.
     if let Some(o) = batch.orders.last_mut() {
@@ -164,14 +186,25 @@ fn inbound(thread: &str, external: Option<&str>, text: &str) -> InboundMessage {
 
 on_both!(inbound_messages_are_stored_once);
 async fn inbound_messages_are_stored_once(db: Db) {
-    let Some((store, _dir)) = open(db).await else { return };
-    let first = store.ingest(&inbound("t-1", Some("m-1"), "hello")).await.unwrap();
+    let Some((store, _dir)) = open(db).await else {
+        return;
+    };
+    let first = store
+        .ingest(&inbound("t-1", Some("m-1"), "hello"))
+        .await
+        .unwrap();
     assert!(!first.duplicate);
-    let again = store.ingest(&inbound("t-1", Some("m-1"), "hello")).await.unwrap();
+    let again = store
+        .ingest(&inbound("t-1", Some("m-1"), "hello"))
+        .await
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.message_id, first.message_id);
     assert_eq!(again.conversation_id, first.conversation_id);
-    let second = store.ingest(&inbound("t-1", Some("m-2"), "are you there?")).await.unwrap();
+    let second = store
+        .ingest(&inbound("t-1", Some("m-2"), "are you there?"))
+        .await
+        .unwrap();
     assert_eq!(second.conversation_id, first.conversation_id);
     // A message without a channel id is never a duplicate.
     store.ingest(&inbound("t-1", None, "third")).await.unwrap();
@@ -210,15 +243,24 @@ async fn inbound_messages_are_stored_once(db: Db) {
         .set_conversation_status(&first.conversation_id, ConversationStatus::Resolved)
         .await
         .unwrap();
-    store.ingest(&inbound("t-1", Some("m-9"), "one more thing")).await.unwrap();
-    let c = store.get_conversation(&first.conversation_id).await.unwrap().unwrap();
+    store
+        .ingest(&inbound("t-1", Some("m-9"), "one more thing"))
+        .await
+        .unwrap();
+    let c = store
+        .get_conversation(&first.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c.status, ConversationStatus::Open);
     assert!(c.resolved_at.is_none());
 }
 
 on_both!(verified_senders_are_linked_to_their_customer);
 async fn verified_senders_are_linked_to_their_customer(db: Db) {
-    let Some((store, _dir)) = open(db).await else { return };
+    let Some((store, _dir)) = open(db).await else {
+        return;
+    };
     import_tau(&store, &tau_batch()).await;
     let mut m = inbound("t-v", Some("v-1"), "hi");
     m.sender_id = "noah.brown7922@example.com".into();
@@ -228,7 +270,11 @@ async fn verified_senders_are_linked_to_their_customer(db: Db) {
     let idn = store.get_identity(&o.identity_id).await.unwrap().unwrap();
     assert!(idn.verified);
     assert_eq!(idn.customer_id.as_deref(), Some("noah_brown_6181"));
-    let c = store.get_conversation(&o.conversation_id).await.unwrap().unwrap();
+    let c = store
+        .get_conversation(&o.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c.customer_id.as_deref(), Some("noah_brown_6181"));
 
     // An unverified claim to the same email links nothing.
@@ -243,7 +289,9 @@ async fn verified_senders_are_linked_to_their_customer(db: Db) {
 
 on_both!(jobs_survive_crashes_and_back_off);
 async fn jobs_survive_crashes_and_back_off(db: Db) {
-    let Some((store, _dir)) = open(db).await else { return };
+    let Some((store, _dir)) = open(db).await else {
+        return;
+    };
     let id = store
         .enqueue_job("deliver", &json!({"to": "x"}), Some("deliver:1"), 2)
         .await
@@ -256,12 +304,23 @@ async fn jobs_survive_crashes_and_back_off(db: Db) {
     assert_eq!(store.pending_jobs().await.unwrap(), 1);
 
     // Worker A claims with a short lease and "crashes"; B takes over after the lease.
-    let a = store.claim_job("worker-a", 50).await.unwrap().expect("claimed");
+    let a = store
+        .claim_job("worker-a", 50)
+        .await
+        .unwrap()
+        .expect("claimed");
     assert_eq!(a.id, id);
     assert_eq!(a.attempts, 1);
-    assert!(store.claim_job("worker-b", 50).await.unwrap().is_none(), "leased");
+    assert!(
+        store.claim_job("worker-b", 50).await.unwrap().is_none(),
+        "leased"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(80)).await;
-    let b = store.claim_job("worker-b", 60_000).await.unwrap().expect("taken over");
+    let b = store
+        .claim_job("worker-b", 60_000)
+        .await
+        .unwrap()
+        .expect("taken over");
     assert_eq!((b.id.as_str(), b.attempts), (id.as_str(), 2));
 
     // Failing its last attempt makes it dead, with the error kept; retry-now revives it.
@@ -271,15 +330,25 @@ async fn jobs_survive_crashes_and_back_off(db: Db) {
     assert_eq!(dead.last_error.as_deref(), Some("smtp down"));
     assert!(store.claim_job("worker-c", 1000).await.unwrap().is_none());
     assert!(store.retry_job_now(&id).await.unwrap());
-    let c = store.claim_job("worker-c", 1000).await.unwrap().expect("revived");
+    let c = store
+        .claim_job("worker-c", 1000)
+        .await
+        .unwrap()
+        .expect("revived");
     store.complete_job(&c.id).await.unwrap();
     assert_eq!(store.pending_jobs().await.unwrap(), 0);
 
     // A failure with attempts left is retried later, not now.
-    let id2 = store.enqueue_job("deliver", &json!({}), None, 5).await.unwrap();
+    let id2 = store
+        .enqueue_job("deliver", &json!({}), None, 5)
+        .await
+        .unwrap();
     let j = store.claim_job("w", 1000).await.unwrap().unwrap();
     assert_eq!(j.id, id2);
     let later = concierge::util::now_ms() + 60_000;
-    assert_eq!(store.fail_job(&id2, "timeout", later).await.unwrap(), JobStatus::Queued);
+    assert_eq!(
+        store.fail_job(&id2, "timeout", later).await.unwrap(),
+        JobStatus::Queued
+    );
     assert!(store.claim_job("w", 1000).await.unwrap().is_none());
 }
