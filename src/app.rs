@@ -13,6 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{Agent, BrandPaths};
 use crate::commerce::policy::Policy;
 use crate::config::Config;
 use crate::search::{self, IndexDoc, IndexWriterHandle, SearchIndex};
@@ -28,6 +29,7 @@ pub struct AppState {
     pub search: SearchIndex,
     pub indexer: IndexWriterHandle,
     pub policy: Arc<Policy>,
+    pub agent: Arc<Agent>,
     pub api_key: Secret,
 }
 
@@ -66,6 +68,19 @@ impl Application {
         {
             indexer.upsert(IndexDoc::Policy(chunk)).await?;
         }
+        let policy = Arc::new(policy);
+        let agent = Agent::load(
+            &BrandPaths {
+                brand_dir: &config.brand.dir,
+                prompts_dir: &config.brand.prompts,
+                channels_dir: &config.brand.channels,
+            },
+            &config.llm,
+            store.clone(),
+            search.clone(),
+            policy.clone(),
+        )
+        .context("cannot load the brand agent (voice, templates, policy texts)")?;
         let metrics_listener = match &config.metrics.bind {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -82,7 +97,8 @@ impl Application {
                 store,
                 search,
                 indexer,
-                policy: Arc::new(policy),
+                policy,
+                agent: Arc::new(agent),
                 api_key,
             },
         })

@@ -44,6 +44,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// A single-turn order-status question to the brand agent (offline resolver) over HTTP:
+    /// POST /api/v1/messages from a verified sender, p50/p99 and messages/s.
+    Agent {
+        #[arg(long, default_value = "../shared/data/tau-bench-retail/tau-bench-v1")]
+        path: PathBuf,
+        #[arg(long, default_value_t = 3_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
 }
 
 pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
@@ -59,6 +69,11 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             requests,
             concurrency,
         } => bench_lookup(&path, requests, concurrency).await,
+        BenchCommand::Agent {
+            path,
+            messages,
+            concurrency,
+        } => bench_agent(&path, messages, concurrency).await,
     }
 }
 
@@ -223,6 +238,90 @@ async fn bench_lookup(
     Ok(())
 }
 
+async fn bench_agent(
+    path: &std::path::Path,
+    messages: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
+    config.data_dir = dir.path().join("data");
+    let key = "bench-key-0123456789abcdef";
+    config.api.key = Some(Secret::new(key));
+    config.log.level = "warn".into();
+    let batches = import::load(ImportKind::TauRetail, path)?;
+    let store = crate::app::open_store(&config).await?;
+    let mut asks: Vec<(String, String)> = Vec::new();
+    for (_, b) in &batches {
+        store
+            .import(&b.customers, &b.products, &b.orders, |_| {})
+            .await?;
+        let emails: std::collections::HashMap<&str, &str> = b
+            .customers
+            .iter()
+            .filter_map(|c| Some((c.id.as_str(), c.primary_email()?)))
+            .collect();
+        for o in &b.orders {
+            if let Some(e) = o.customer_id.as_deref().and_then(|c| emails.get(c)) {
+                asks.push((e.to_string(), o.number.clone()));
+            }
+        }
+    }
+    store.close().await;
+    anyhow::ensure!(
+        !asks.is_empty(),
+        "no orders with customers in {}",
+        path.display()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let app = Application::build_with_listener(config, listener).await?;
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    let per_conn = messages.div_ceil(concurrency.max(1));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..concurrency.max(1) {
+        let asks = asks.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::connect(addr).await?;
+            let mut times = Vec::with_capacity(per_conn);
+            for i in 0..per_conn {
+                let (email, number) = &asks[(c * per_conn + i) % asks.len()];
+                let body = serde_json::json!({
+                    "thread": format!("bench-{c}-{i}"),
+                    "from": {"email": email, "verified": true},
+                    "text": format!("Where is my order {number}?"),
+                })
+                .to_string();
+                let t = Instant::now();
+                let status = conn.post("/api/v1/messages", key, &body).await?;
+                times.push(t.elapsed());
+                anyhow::ensure!(status == 200, "POST message answered {status}");
+            }
+            anyhow::Ok(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let wall = started.elapsed();
+    let _ = tx.send(());
+    server.await??;
+    println!(
+        "agent: single-turn order status over HTTP, offline resolver ({} messages, {} connections): p50 {:.2} ms, p99 {:.2} ms, {:.0} messages/s",
+        all.len(),
+        concurrency.max(1),
+        ms(percentile(&mut all, 50.0)),
+        ms(percentile(&mut all, 99.0)),
+        all.len() as f64 / wall.as_secs_f64()
+    );
+    Ok(())
+}
+
 /// A minimal keep-alive HTTP/1.1 client for benchmarks (no TLS, no chunked bodies): enough
 /// to measure our own server without pulling a client library into the binary.
 pub struct HttpConn {
@@ -244,7 +343,20 @@ impl HttpConn {
     pub async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<u16> {
         let req =
             format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\n\r\n");
-        self.stream.write_all(req.as_bytes()).await?;
+        self.exchange(req.as_bytes()).await
+    }
+
+    /// Sends a JSON POST and reads the whole response; returns the status code.
+    pub async fn post(&mut self, path: &str, bearer: &str, json: &str) -> anyhow::Result<u16> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        self.exchange(req.as_bytes()).await
+    }
+
+    async fn exchange(&mut self, req: &[u8]) -> anyhow::Result<u16> {
+        self.stream.write_all(req).await?;
         self.buf.clear();
         let mut chunk = [0u8; 8192];
         loop {

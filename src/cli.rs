@@ -63,10 +63,29 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Measure the agent's understanding on held-out data.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
     /// Measure speed on this machine (build with --release for real figures).
     Bench {
         #[command(subcommand)]
         what: crate::bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Accuracy of the shipped intent classifier on the held-out split, and its most confused
+    /// pairs.
+    Intents {
+        /// The Bitext customer-support CSV the classifier was trained from.
+        #[arg(
+            long,
+            default_value = "../shared/data/bitext-customer-support/Bitext_Sample_Customer_Support_Training_Dataset_4514.csv"
+        )]
+        data: PathBuf,
     },
 }
 
@@ -130,6 +149,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out_dir,
         } => export_tau(load_config(file, data_dir)?, &out_dir).await,
         Command::Reindex { data_dir } => reindex_cmd(load_config(file, data_dir)?).await,
+        Command::Eval {
+            what: EvalCommand::Intents { data },
+        } => {
+            let (_, held_out) = crate::agent::nlu::load_dataset(&data)
+                .with_context(|| format!("cannot load the evaluation data {}", data.display()))?;
+            let report = crate::agent::nlu::evaluate(crate::agent::nlu::shipped_model(), &held_out);
+            print!("{report}");
+            Ok(())
+        }
         Command::Bench { what } => crate::bench::run(what).await,
     }
 }
@@ -164,14 +192,29 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     let addr = application.local_addr();
     let state = application.state();
     if demo {
-        let example = state
-            .store
-            .all_orders()
-            .await?
-            .into_iter()
-            .next()
-            .map(|o| o.number)
-            .unwrap_or_else(|| "#D0000000".into());
+        // An example a newcomer can paste: a shipped order, asked by its verified customer.
+        let orders = state.store.all_orders().await?;
+        let example = orders
+            .iter()
+            .find(|o| o.status == crate::commerce::OrderStatus::Processed)
+            .or_else(|| orders.first());
+        let (example, email) = match example {
+            Some(o) => {
+                let email = match &o.customer_id {
+                    Some(c) => state
+                        .store
+                        .get_customer(c)
+                        .await?
+                        .and_then(|c| c.primary_email().map(str::to_string)),
+                    None => None,
+                };
+                (
+                    o.number.clone(),
+                    email.unwrap_or_else(|| "shopper@example.com".into()),
+                )
+            }
+            None => ("#D0000000".into(), "shopper@example.com".into()),
+        };
         let key = state.api_key.expose();
         let text = format!(
             "Concierge is running with the demo brand.\n\
@@ -181,7 +224,7 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
              \x20 API key:       {key}\n\
              Try:\n\
              \x20 curl -s http://{addr}/api/v1/messages -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n\
-             \x20   -d '{{\"thread\":\"demo-1\",\"from\":{{\"name\":\"Sam\"}},\"text\":\"Where is my order {example}?\"}}'\n"
+             \x20   -d '{{\"thread\":\"demo-1\",\"from\":{{\"email\":\"{email}\",\"verified\":true}},\"text\":\"Where is my order {example}?\"}}'\n"
         );
         // Whoever reads our stdout may go away; that must not stop the service.
         let mut out = std::io::stdout().lock();

@@ -26,6 +26,7 @@ pub struct Config {
     pub brand: BrandConfig,
     pub log: LogConfig,
     pub jobs: JobsConfig,
+    pub llm: LlmConfig,
 }
 
 impl Default for Config {
@@ -40,6 +41,7 @@ impl Default for Config {
             brand: BrandConfig::default(),
             log: LogConfig::default(),
             jobs: JobsConfig::default(),
+            llm: LlmConfig::default(),
         }
     }
 }
@@ -111,12 +113,18 @@ pub struct MetricsConfig {
 pub struct BrandConfig {
     /// Folder with voice.toml, policy.toml and policies/*.md.
     pub dir: PathBuf,
+    /// Folder with the LLM prompt templates and `replies/*.hbs` (the offline resolver's wording).
+    pub prompts: PathBuf,
+    /// Folder with per-channel settings and wrapping templates.
+    pub channels: PathBuf,
 }
 
 impl Default for BrandConfig {
     fn default() -> Self {
         BrandConfig {
             dir: PathBuf::from("brand"),
+            prompts: PathBuf::from("prompts"),
+            channels: PathBuf::from("channels"),
         }
     }
 }
@@ -153,6 +161,41 @@ impl Default for JobsConfig {
         JobsConfig {
             poll_interval_ms: 500,
             lease_secs: 60,
+        }
+    }
+}
+
+/// The optional LLM. With `model` set, the brand agent drives an OpenAI-compatible chat
+/// completions endpoint with function calling; without it, the offline resolver answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// e.g. "gpt-4o-mini"; unset = no LLM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The endpoint; unset = `OPENAI_BASE_URL`, else OpenAI's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The environment variable holding the API key.
+    pub api_key_env: String,
+    /// Longest a whole turn (every model call and tool call) may take before the offline
+    /// resolver answers instead.
+    pub timeout_secs: u64,
+    /// Most model calls in one turn.
+    pub max_steps: u32,
+    /// Sampling temperature.
+    pub temperature: f32,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            model: None,
+            base_url: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+            timeout_secs: 20,
+            max_steps: 6,
+            temperature: 0.2,
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; `main.rs` only parses the command line and calls [`cli::run`].
 
+pub mod agent;
 pub mod app;
 pub mod bench;
 pub mod cli;

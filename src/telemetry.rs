@@ -78,3 +78,8 @@ pub fn count_message(channel: &str, direction: &'static str) {
 pub fn set_jobs_pending(n: i64) {
     metrics::gauge!("concierge_jobs_pending").set(n as f64);
 }
+
+/// The LLM failed a turn and the offline resolver answered.
+pub fn count_llm_fallback(kind: &'static str) {
+    metrics::counter!("concierge_llm_fallbacks_total", "kind" => kind).increment(1);
+}

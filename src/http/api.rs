@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::agent::Inbound;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
 use crate::inbox::{self, InboxError};
@@ -118,12 +119,37 @@ pub async fn post_message(
             }
             InboxError::Store(s) => s.into(),
         })?;
+    let (reply, resolution) = if outcome.duplicate {
+        // A repeated delivery gets the answer the first one got.
+        match state.store.reply_to(&outcome.message_id).await? {
+            Some(m) => (
+                json!({"text": m.text}),
+                m.meta.get("resolution").cloned().unwrap_or(Value::Null),
+            ),
+            None => (Value::Null, Value::Null),
+        }
+    } else {
+        let inbound = Inbound {
+            conversation_id: &outcome.conversation_id,
+            message_id: &outcome.message_id,
+            identity_id: Some(&outcome.identity_id),
+            channel: "api",
+            text: &msg.text,
+            sender_email: msg.sender_email.as_deref(),
+            sender_verified: msg.sender_verified,
+            sender_email_is_claim: false,
+        };
+        let reply = state.agent.reply(&inbound).await.map_err(|e| {
+            ApiError::Internal(e.context("the brand agent failed; the message is stored"))
+        })?;
+        (json!({"text": reply.message.text}), reply.resolution())
+    };
     Ok(Json(json!({
         "conversation_id": outcome.conversation_id,
         "message_id": outcome.message_id,
         "duplicate": outcome.duplicate,
-        "reply": Value::Null,
-        "resolution": Value::Null,
+        "reply": reply,
+        "resolution": resolution,
     })))
 }
 

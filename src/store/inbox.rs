@@ -561,3 +561,157 @@ fn message_from_row(r: &AnyRow) -> StoreResult<Message> {
         created_at: get_i64(r, "created_at")?,
     })
 }
+
+/// A hand-off to a person.
+#[derive(Debug, Clone, Serialize)]
+pub struct Escalation {
+    pub id: String,
+    pub conversation_id: String,
+    /// human_requested, legal, fraud, needs_approval, low_confidence, llm_failure, out_of_scope
+    pub reason: String,
+    pub summary: String,
+    pub draft: String,
+    /// open, approved, rejected, resolved
+    pub status: String,
+    pub created_at: i64,
+    pub resolved_at: Option<i64>,
+    pub resolved_by: Option<String>,
+}
+
+impl Store {
+    /// The dialogue state the brand agent keeps for a conversation (JSON).
+    pub async fn conversation_state(&self, id: &str) -> StoreResult<Value> {
+        let row = sqlx::query("SELECT state FROM conversations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => get_json(&r, "state"),
+            None => Ok(Value::Object(Default::default())),
+        }
+    }
+
+    pub async fn save_conversation_state(&self, id: &str, state: &Value) -> StoreResult<()> {
+        sqlx::query("UPDATE conversations SET state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to_json(state))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that the person behind an identity proved to be this customer: the identity
+    /// stays linked (a Telegram or chat user is recognized next time) and the conversation is
+    /// theirs.
+    pub async fn link_verified_customer(
+        &self,
+        conversation_id: &str,
+        identity_id: Option<&str>,
+        customer_id: &str,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        if let Some(identity) = identity_id {
+            sqlx::query(
+                "UPDATE identities SET customer_id = $2, verified = 1, updated_at = $3 WHERE id = $1",
+            )
+            .bind(identity)
+            .bind(customer_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE conversations SET customer_id = $2, updated_at = $3 WHERE id = $1")
+            .bind(conversation_id)
+            .bind(customer_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Hands a conversation to a person: records the escalation and marks the conversation
+    /// escalated, in one transaction.
+    pub async fn escalate(
+        &self,
+        conversation_id: &str,
+        reason: &str,
+        summary: &str,
+        draft: &str,
+    ) -> StoreResult<Escalation> {
+        let now = now_ms();
+        let id = new_id("esc");
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO escalations (id, conversation_id, reason, summary, draft, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'open', $6)",
+        )
+        .bind(id.as_str())
+        .bind(conversation_id)
+        .bind(reason)
+        .bind(summary)
+        .bind(draft)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE conversations SET status = 'escalated', escalated_at = $2, updated_at = $2 WHERE id = $1",
+        )
+        .bind(conversation_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Escalation {
+            id,
+            conversation_id: conversation_id.to_string(),
+            reason: reason.to_string(),
+            summary: summary.to_string(),
+            draft: draft.to_string(),
+            status: "open".into(),
+            created_at: now,
+            resolved_at: None,
+            resolved_by: None,
+        })
+    }
+
+    /// A conversation's escalations, newest first.
+    pub async fn escalations(&self, conversation_id: &str) -> StoreResult<Vec<Escalation>> {
+        let rows = sqlx::query(
+            "SELECT * FROM escalations WHERE conversation_id = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(conversation_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Escalation {
+                    id: get_str(r, "id")?,
+                    conversation_id: get_str(r, "conversation_id")?,
+                    reason: get_str(r, "reason")?,
+                    summary: get_str(r, "summary")?,
+                    draft: get_str(r, "draft")?,
+                    status: get_str(r, "status")?,
+                    created_at: get_i64(r, "created_at")?,
+                    resolved_at: get_opt_i64(r, "resolved_at")?,
+                    resolved_by: get_opt_str(r, "resolved_by")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The first outbound message after an inbound one: the reply it got (for answering a
+    /// duplicate delivery with the original reply).
+    pub async fn reply_to(&self, inbound_message_id: &str) -> StoreResult<Option<Message>> {
+        let row = sqlx::query(
+            "SELECT o.* FROM messages i JOIN messages o ON o.conversation_id = i.conversation_id \
+             WHERE i.id = $1 AND o.seq > i.seq AND o.direction = 'outbound' \
+             ORDER BY o.seq LIMIT 1",
+        )
+        .bind(inbound_message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+}

@@ -7,6 +7,7 @@
 //! as TEXT. Schema lives in `migrations/sqlite` and `migrations/postgres`, applied at open.
 //! This module holds no business rules: callers decide what may be written.
 
+mod actions;
 mod commerce;
 mod inbox;
 mod jobs;
@@ -18,10 +19,14 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use actions::{
+    ActionRequest, AuditBreak, AuditEntry, AuditVerification, Audited, GENESIS_HASH, OrderDraft,
+    canonical_json,
+};
 pub use commerce::{ImportCounts, StoreCounts};
 pub use inbox::{
-    AuthorKind, Conversation, ConversationStatus, ConversationView, Direction, Identity,
-    InboundMessage, IngestOutcome, Message, NewMessage,
+    AuthorKind, Conversation, ConversationStatus, ConversationView, Direction, Escalation,
+    Identity, InboundMessage, IngestOutcome, Message, NewMessage,
 };
 pub use jobs::{Job, JobStatus};
 

@@ -236,3 +236,26 @@ fn demo_command_serves() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `concierge eval intents` reports the shipped classifier's held-out accuracy, which must stay
+/// at or above 90 %.
+#[test]
+fn eval_intents_reports_accuracy_above_ninety_percent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = shared_data(
+        "bitext-customer-support/Bitext_Sample_Customer_Support_Training_Dataset_4514.csv",
+    );
+    let out = run_ok(
+        concierge(&tmp.path().join("data"))
+            .args(["eval", "intents", "--data"])
+            .arg(csv),
+    );
+    let line = out.lines().next().unwrap_or_default();
+    let accuracy: f64 = line
+        .strip_prefix("accuracy ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy line: {out}"));
+    assert!(accuracy >= 0.90, "held-out accuracy {accuracy}: {out}");
+    assert!(out.contains("most confused"), "{out}");
+}

@@ -83,6 +83,8 @@ pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::load(None, Vec::<(String, String)>::new()).expect("default config");
     config.data_dir = dir.join("data");
     config.brand.dir = repo_path("brand");
+    config.brand.prompts = repo_path("prompts");
+    config.brand.channels = repo_path("channels");
     config.api.key = Some(Secret::new(API_KEY));
     config.jobs.poll_interval_ms = 50;
     config

@@ -1,0 +1,1496 @@
+//! The offline resolver: a dialogue manager that answers without any LLM. Each turn it reads the
+//! message (intent, entities), verifies the shopper before disclosing anything, fills the slots a
+//! request needs (order, reason, items, options, address), lists every change and waits for an
+//! explicit "yes", and runs reads and writes through the one tool layer. Every reply is
+//! rendered from `prompts/replies/*.hbs`; facts in it come from tool results only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::agent::guard::{self, Signal};
+use crate::agent::nlu::{self, Entities, Intent, ItemChoice};
+use crate::agent::state::{Awaiting, DialogueState, Task, TaskKind};
+use crate::agent::tools::{self, ActionRecord, Actor, ToolCall, ToolContext, ToolErrorCode};
+use crate::agent::voice::{Templates, Voice};
+use crate::commerce::policy::{ActionKind, Denial, Policy};
+use crate::commerce::{Address, Customer, Order, OrderStatus, format_money};
+use crate::search::{DocKind, PolicyChunk, SearchIndex};
+use crate::store::{ConversationStatus, Store};
+use crate::util::rfc3339;
+
+/// What the resolver needs, shared by every conversation.
+#[derive(Clone)]
+pub struct Resolver {
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub voice: Arc<Voice>,
+    pub templates: Arc<Templates>,
+    pub search: SearchIndex,
+    /// Policy sections by chunk id, for quoting whole sections.
+    pub policy_chunks: Arc<HashMap<String, PolicyChunk>>,
+}
+
+/// One inbound message as the resolver sees it.
+pub struct Turn<'a> {
+    pub text: &'a str,
+    pub channel: &'a str,
+    /// The sender's email as the channel knows it (an email's From, the API's `from.email`).
+    pub sender_email: Option<&'a str>,
+    /// The channel vouches for that email (the API's `from.verified`).
+    pub sender_verified: bool,
+    /// The email's From address counts as the customer's email claim.
+    pub sender_email_is_claim: bool,
+    /// The customer an already-verified identity is linked to.
+    pub linked_customer: Option<&'a str>,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Citation {
+    pub kind: &'static str,
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+/// A hand-over the caller must record.
+#[derive(Debug, Clone)]
+pub struct EscalationRequest {
+    pub reason: String,
+    pub summary: String,
+    pub draft: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TurnOutcome {
+    pub reply: String,
+    pub intent: Intent,
+    pub confidence: f32,
+    pub status: ConversationStatus,
+    pub actions: Vec<ActionRecord>,
+    pub verified_customer: Option<String>,
+    pub citations: Vec<Citation>,
+    pub escalation: Option<EscalationRequest>,
+}
+
+/// The working result of a turn before rendering.
+struct Draft {
+    template: &'static str,
+    data: Value,
+    status: ConversationStatus,
+    actions: Vec<ActionRecord>,
+    citations: Vec<Citation>,
+    escalation: Option<(String, String)>,
+}
+
+impl Draft {
+    fn new(template: &'static str, data: Value, status: ConversationStatus) -> Draft {
+        Draft {
+            template,
+            data,
+            status,
+            actions: Vec::new(),
+            citations: Vec::new(),
+            escalation: None,
+        }
+    }
+    fn ask(template: &'static str, data: Value) -> Draft {
+        Draft::new(template, data, ConversationStatus::AwaitingCustomer)
+    }
+    fn done(template: &'static str, data: Value) -> Draft {
+        Draft::new(template, data, ConversationStatus::Resolved)
+    }
+}
+
+type R<T> = Result<T, anyhow::Error>;
+
+impl Resolver {
+    /// Answers one message, updating `state`.
+    pub async fn respond(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<TurnOutcome> {
+        let class = nlu::classify(turn.text);
+        let ents = nlu::extract(turn.text);
+        let first_turn = state.turns == 0;
+        state.turns += 1;
+
+        let draft = self.decide(state, turn, &class, &ents).await?;
+        let verified = state.verified_customer.clone();
+        let customer = match &verified {
+            Some(id) => self.store.get_customer(id).await?,
+            None => None,
+        };
+        let mut data = draft.data;
+        if let Value::Object(m) = &mut data {
+            m.entry("customer")
+                .or_insert_with(|| customer_json(customer.as_ref()));
+        }
+        let body = self
+            .templates
+            .render(&format!("reply/{}", draft.template), &data)?;
+        let wrapped = self.wrap(turn.channel, &body, first_turn)?;
+        let reply = self.voice.polish(&wrapped);
+        let escalation = match draft.escalation {
+            Some((reason, summary)) => Some(EscalationRequest {
+                draft: self.escalation_draft(&reason, &data)?,
+                reason,
+                summary,
+            }),
+            None => None,
+        };
+        Ok(TurnOutcome {
+            reply,
+            intent: class.intent,
+            confidence: class.confidence,
+            status: if escalation.is_some() {
+                ConversationStatus::Escalated
+            } else {
+                draft.status
+            },
+            actions: draft.actions,
+            verified_customer: verified,
+            citations: draft.citations,
+            escalation,
+        })
+    }
+
+    /// Wraps a reply for its channel (`channels/<channel>.hbs`, else `channels/default.hbs`).
+    pub fn wrap(&self, channel: &str, body: &str, first_turn: bool) -> R<String> {
+        let name = if self.templates.has(&format!("channel/{channel}")) {
+            format!("channel/{channel}")
+        } else {
+            "channel/default".to_string()
+        };
+        if !self.templates.has(&name) {
+            return Ok(body.to_string());
+        }
+        Ok(self.templates.render(
+            &name,
+            &json!({"body": body, "first": first_turn, "voice": &*self.voice}),
+        )?)
+    }
+
+    fn escalation_draft(&self, reason: &str, data: &Value) -> R<String> {
+        let mut d = data.clone();
+        if let Value::Object(m) = &mut d {
+            m.insert("reason".into(), json!(reason));
+            m.insert("voice".into(), serde_json::to_value(&*self.voice)?);
+        }
+        Ok(self
+            .voice
+            .polish(&self.templates.render("reply/escalation_draft", &d)?))
+    }
+
+    async fn decide(
+        &self,
+        state: &mut DialogueState,
+        turn: &Turn<'_>,
+        class: &nlu::Classification,
+        ents: &Entities,
+    ) -> R<Draft> {
+        self.collect_claims(state, turn, ents);
+
+        // A person takes over on request, and always for legal, fraud, safety or data deletion.
+        let signal = guard::signal(turn.text).or(match class.intent {
+            Intent::ContactHumanAgent if class.confidence >= 0.5 => Some(Signal::HumanRequested),
+            _ => None,
+        });
+        if let Some(s) = signal {
+            state.task = None;
+            let mut d = Draft::new(
+                "escalated",
+                json!({"signal": s.reason(), "voice": &*self.voice}),
+                ConversationStatus::Escalated,
+            );
+            d.escalation = Some((s.reason().to_string(), self.summary(state, turn, class)));
+            d.actions.push(escalated_action(s.reason()));
+            return Ok(d);
+        }
+
+        // Verify as soon as the shopper has given enough.
+        let verification = self.try_verify(state, turn).await?;
+        if let VerifyResult::OtherCustomer = verification {
+            return Ok(Draft::ask("one_customer_only", json!({})));
+        }
+
+        // The task this message is about: a pending one, or a new one from the intent.
+        let new_kind = task_for(class.intent, ents, turn.text);
+        let confident = class.confidence as f64 >= self.policy.escalation.low_confidence;
+        if let Some(task) = &state.task {
+            let awaiting_yes = task.awaiting == Some(Awaiting::Confirmation);
+            if awaiting_yes && ents.yes && !ents.no {
+                return self.execute_pending(state, turn).await;
+            }
+            if awaiting_yes && ents.no && !ents.yes {
+                let kind = task.kind;
+                state.task = None;
+                return Ok(Draft::done("declined", json!({"task": kind})));
+            }
+            // A different request replaces this one (a change of mind).
+            if let Some(k) = new_kind
+                && k != task.kind
+                && confident
+                && !slot_answer(task.awaiting, ents)
+            {
+                state.task = Some(Task::new(k));
+            }
+        } else if let Some(k) = new_kind {
+            state.task = Some(Task::new(k));
+        }
+
+        if state.task.is_some() {
+            state.low_confidence_streak = 0;
+            return self.advance_task(state, turn, ents).await;
+        }
+
+        // Requests answered without a task.
+        match class.intent {
+            Intent::Greeting if confident => {
+                state.low_confidence_streak = 0;
+                return Ok(Draft::ask("greeting", json!({"voice": &*self.voice})));
+            }
+            Intent::Thanks if confident => {
+                state.low_confidence_streak = 0;
+                return Ok(Draft::done("thanks", json!({"voice": &*self.voice})));
+            }
+            Intent::CheckAvailability | Intent::PlaceOrder => {
+                if let Some(d) = self.availability(turn, ents).await? {
+                    state.low_confidence_streak = 0;
+                    return Ok(d);
+                }
+            }
+            Intent::ContactCustomerService => {
+                state.low_confidence_streak = 0;
+                return Ok(Draft::done("contact", json!({"voice": &*self.voice})));
+            }
+            Intent::Complaint | Intent::PaymentIssue => {
+                let mut d = Draft::new(
+                    "escalated",
+                    json!({"signal": class.intent.as_str(), "voice": &*self.voice}),
+                    ConversationStatus::Escalated,
+                );
+                d.escalation = Some(("out_of_scope".to_string(), self.summary(state, turn, class)));
+                d.actions.push(escalated_action("out_of_scope"));
+                return Ok(d);
+            }
+            Intent::Review => {
+                state.low_confidence_streak = 0;
+                return Ok(Draft::done("review", json!({"voice": &*self.voice})));
+            }
+            _ => {}
+        }
+
+        // Questions the brand's policy texts answer.
+        if (confident || is_policy_intent(class.intent))
+            && let Some(d) = self.policy_answer(turn.text)?
+        {
+            state.low_confidence_streak = 0;
+            return Ok(d);
+        }
+
+        // Not understood: ask once, then hand over.
+        state.low_confidence_streak += 1;
+        if state.low_confidence_streak >= 2 {
+            state.low_confidence_streak = 0;
+            let mut d = Draft::new(
+                "escalated",
+                json!({"signal": "low_confidence", "voice": &*self.voice}),
+                ConversationStatus::Escalated,
+            );
+            d.escalation = Some((
+                "low_confidence".to_string(),
+                self.summary(state, turn, class),
+            ));
+            d.actions.push(escalated_action("low_confidence"));
+            return Ok(d);
+        }
+        Ok(Draft::ask("clarify", json!({})))
+    }
+
+    /// Notes the identity claims a message makes (email, order numbers, ZIP, name).
+    pub(crate) fn collect_claims(
+        &self,
+        state: &mut DialogueState,
+        turn: &Turn<'_>,
+        ents: &Entities,
+    ) {
+        if let Some(e) = ents.emails.first() {
+            state.claimed_email = Some(e.clone());
+        } else if turn.sender_email_is_claim
+            && state.claimed_email.is_none()
+            && let Some(e) = turn.sender_email
+        {
+            state.claimed_email = Some(e.to_lowercase());
+        }
+        for n in &ents.order_numbers {
+            if !state.claimed_orders.contains(n) {
+                state.claimed_orders.push(n.clone());
+            }
+        }
+        if let Some(z) = ents.zip_codes.first() {
+            state.claimed_zip = Some(z.clone());
+        }
+        if let Some(n) = ents.names.first() {
+            state.claimed_name = Some(n.clone());
+        }
+    }
+
+    /// Verifies the shopper from the claims collected so far. Returns true when a verified
+    /// conversation just asked about another customer's account.
+    pub(crate) async fn verify(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<bool> {
+        Ok(matches!(
+            self.try_verify(state, turn).await?,
+            VerifyResult::OtherCustomer
+        ))
+    }
+
+    async fn try_verify(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<VerifyResult> {
+        // Already verified: a different email or order claim must not switch customers.
+        if let Some(cid) = state.verified_customer.clone() {
+            if let Some(email) = &state.claimed_email
+                && let Some(other) = self.store.find_customer_by_email(email).await?
+                && other.id != cid
+            {
+                state.claimed_email = None;
+                return Ok(VerifyResult::OtherCustomer);
+            }
+            return Ok(VerifyResult::Verified);
+        }
+        let mut found: Option<String> = None;
+        if let Some(linked) = turn.linked_customer {
+            found = Some(linked.to_string());
+        } else if turn.sender_verified
+            && let Some(email) = turn.sender_email
+            && let Some(c) = self.store.find_customer_by_email(email).await?
+        {
+            found = Some(c.id);
+        }
+        let mut attempted = false;
+        if found.is_none()
+            && let Some(email) = state.claimed_email.clone()
+        {
+            for number in state.claimed_orders.clone() {
+                attempted = true;
+                if let Some(o) = self.store.get_order_by_number(&number).await?
+                    && self.order_matches_email(&o, &email).await?
+                {
+                    found = o.customer_id.clone();
+                    break;
+                }
+            }
+            if found.is_none()
+                && let Some(zip) = state.claimed_zip.clone()
+            {
+                attempted = true;
+                if let Some(c) = self.store.find_customer_by_email(&email).await?
+                    && c.addresses.iter().any(|a| a.zip.trim() == zip)
+                {
+                    found = Some(c.id);
+                }
+            }
+        }
+        if found.is_none()
+            && let (Some((first, last)), Some(zip)) =
+                (state.claimed_name.clone(), state.claimed_zip.clone())
+        {
+            attempted = true;
+            let matches = self
+                .store
+                .find_customers_by_name_zip(&first, &last, &zip)
+                .await?;
+            if matches.len() == 1 {
+                found = Some(matches[0].id.clone());
+            }
+        }
+        match found {
+            Some(id) => {
+                state.verified_customer = Some(id);
+                state.failed_verifications = 0;
+                Ok(VerifyResult::Verified)
+            }
+            None if attempted => {
+                state.failed_verifications += 1;
+                // Forget the failed claims so the next attempt starts clean.
+                state.claimed_zip = None;
+                state.claimed_name = None;
+                state.claimed_orders.clear();
+                if !turn.sender_email_is_claim {
+                    state.claimed_email = None;
+                }
+                Ok(VerifyResult::Failed)
+            }
+            None => Ok(VerifyResult::NotYet),
+        }
+    }
+
+    async fn order_matches_email(&self, order: &Order, email: &str) -> R<bool> {
+        let email = email.trim().to_lowercase();
+        if order.email.as_deref().map(str::to_lowercase).as_deref() == Some(email.as_str()) {
+            return Ok(true);
+        }
+        if let Some(cid) = &order.customer_id
+            && let Some(c) = self.store.get_customer(cid).await?
+        {
+            return Ok(c.emails.iter().any(|e| e.to_lowercase() == email));
+        }
+        Ok(false)
+    }
+
+    fn tool_ctx<'a>(&'a self, state: &DialogueState, now: i64) -> ToolContext<'a> {
+        ToolContext {
+            store: &self.store,
+            policy: &self.policy,
+            actor: Actor::OfflineResolver,
+            customer_id: state.verified_customer.clone(),
+            now,
+        }
+    }
+
+    /// Moves the current task forward: verification, then each missing slot, then the
+    /// confirmation (writes) or the answer (reads).
+    async fn advance_task(
+        &self,
+        state: &mut DialogueState,
+        turn: &Turn<'_>,
+        ents: &Entities,
+    ) -> R<Draft> {
+        let Some(mut task) = state.task.clone() else {
+            return Ok(Draft::ask("clarify", json!({})));
+        };
+        // Slots this message fills.
+        task.texts.push(turn.text.to_string());
+        if task.texts.len() > 8 {
+            task.texts.remove(0);
+        }
+        if let Some(n) = ents.order_numbers.first() {
+            if task.order.as_deref() != Some(n) {
+                task.items = None;
+                task.pending_call = None;
+            }
+            task.order = Some(n.clone());
+        }
+        if let Some(r) = &ents.reason {
+            task.reason = Some(r.clone());
+        }
+        if let Some(p) = &ents.payment_hint {
+            task.payment_hint = Some(p.clone());
+        }
+        if let Some(a) = &ents.address {
+            task.address = Some(Address {
+                name: String::new(),
+                address1: a.address1.clone(),
+                address2: a.address2.clone(),
+                city: a.city.clone(),
+                state: a.state.clone(),
+                country: String::new(),
+                zip: a.zip.clone(),
+                phone: String::new(),
+            });
+        }
+        let draft = self.advance(state, &mut task, turn, ents).await;
+        // A finished (or abandoned) task is cleared by `advance`; otherwise keep its progress.
+        if state.task.is_some() {
+            state.task = Some(task);
+        }
+        draft
+    }
+
+    async fn advance(
+        &self,
+        state: &mut DialogueState,
+        task: &mut Task,
+        turn: &Turn<'_>,
+        ents: &Entities,
+    ) -> R<Draft> {
+        let Some(customer_id) = state.verified_customer.clone() else {
+            task.awaiting = Some(Awaiting::Verification);
+            let failed = state.failed_verifications > 0;
+            if state.failed_verifications >= 3 {
+                state.task = None;
+                let mut d = Draft::new(
+                    "escalated",
+                    json!({"signal": "verification_failed", "voice": &*self.voice}),
+                    ConversationStatus::Escalated,
+                );
+                d.escalation = Some((
+                    "verification_failed".into(),
+                    "The shopper could not be verified after three attempts.".into(),
+                ));
+                d.actions.push(escalated_action("verification_failed"));
+                return Ok(d);
+            }
+            return Ok(Draft::ask(
+                "ask_verification",
+                json!({"failed": failed, "task": task.kind, "has_email": state.claimed_email.is_some()}),
+            ));
+        };
+        let customer = self
+            .store
+            .get_customer(&customer_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("verified customer {customer_id} vanished"))?;
+
+        if task.kind == TaskKind::UpdateProfileAddress {
+            return self.profile_address(state, task, &customer, turn).await;
+        }
+
+        // The order.
+        let orders = self.store.list_customer_orders(&customer.id).await?;
+        let order = match &task.order {
+            Some(n) => {
+                let wanted = normalize_number(n);
+                match orders
+                    .iter()
+                    .find(|o| o.number.eq_ignore_ascii_case(&wanted))
+                {
+                    Some(o) => o.clone(),
+                    None => {
+                        // Not theirs (or no such order): say nothing about it.
+                        task.order = None;
+                        task.awaiting = Some(Awaiting::Order);
+                        return Ok(Draft::ask(
+                            "order_not_found",
+                            json!({"number": wanted, "orders": orders_json(&orders)}),
+                        ));
+                    }
+                }
+            }
+            None => {
+                let candidates: Vec<&Order> = orders
+                    .iter()
+                    .filter(|o| candidate_for(task.kind, o.status))
+                    .collect();
+                if candidates.len() == 1 && orders.len() == 1 {
+                    task.order = Some(candidates[0].number.clone());
+                    candidates[0].clone()
+                } else {
+                    task.awaiting = Some(Awaiting::Order);
+                    let list: Vec<Order> = if candidates.is_empty() {
+                        orders.clone()
+                    } else {
+                        candidates.into_iter().cloned().collect()
+                    };
+                    return Ok(Draft::ask(
+                        "ask_order",
+                        json!({"task": task.kind, "orders": orders_json(&list)}),
+                    ));
+                }
+            }
+        };
+
+        match task.kind {
+            TaskKind::OrderStatus | TaskKind::Invoice | TaskKind::RefundStatus => {
+                state.task = None;
+                self.order_status(state, &order, task.kind, turn.now).await
+            }
+            TaskKind::Cancel => self.cancel(state, task, &order, turn.now).await,
+            TaskKind::ChangeAddress => self.change_address(state, task, &order, turn).await,
+            TaskKind::Return => {
+                self.return_items(state, task, &order, &customer, turn, ents)
+                    .await
+            }
+            TaskKind::Exchange | TaskKind::ModifyItems => {
+                self.exchange(state, task, &order, turn, ents).await
+            }
+            TaskKind::ChangePayment => {
+                self.change_payment(state, task, &order, &customer, turn)
+                    .await
+            }
+            TaskKind::UpdateProfileAddress => unreachable_task(),
+        }
+    }
+
+    async fn order_status(
+        &self,
+        state: &DialogueState,
+        order: &Order,
+        kind: TaskKind,
+        now: i64,
+    ) -> R<Draft> {
+        let ctx = self.tool_ctx(state, now);
+        let out = tools::execute(
+            &ctx,
+            &ToolCall::GetOrder {
+                order_id: order.number.clone(),
+            },
+        )
+        .await;
+        let order_data = match out {
+            Ok(o) => o,
+            Err(e) => return Ok(Draft::ask("refused", json!({"message": e.message}))),
+        };
+        let template = match kind {
+            TaskKind::Invoice => "order_invoice",
+            TaskKind::RefundStatus => "refund_status",
+            _ => "order_status",
+        };
+        let mut d = Draft::done(template, json!({"order": order_json(order, &self.policy)}));
+        d.actions
+            .push(order_data.action.unwrap_or_else(|| ActionRecord {
+                kind: "order_lookup",
+                order: Some(order.number.clone()),
+                details: json!({}),
+            }));
+        d.citations.push(Citation {
+            kind: "order",
+            reference: order.number.clone(),
+        });
+        Ok(d)
+    }
+
+    /// Checks the policy before offering an action, so a refusal comes at once.
+    fn precheck(&self, action: ActionKind, order: &Order, now: i64) -> Option<Draft> {
+        match self.policy.check_order(action, order, now) {
+            Ok(()) => None,
+            Err(denial) => Some(Draft::done(
+                "refused",
+                json!({"message": denial_sentence(&denial, order)}),
+            )),
+        }
+    }
+
+    async fn cancel(
+        &self,
+        state: &mut DialogueState,
+        task: &mut Task,
+        order: &Order,
+        now: i64,
+    ) -> R<Draft> {
+        if let Some(d) = self.precheck(ActionKind::CancelOrder, order, now) {
+            state.task = None;
+            return Ok(d);
+        }
+        let reason = match task.reason.as_deref() {
+            Some(r) if self.policy.cancel_reason_allowed(r) => r.to_string(),
+            _ => {
+                task.awaiting = Some(Awaiting::Reason);
+                return Ok(Draft::ask(
+                    "ask_cancel_reason",
+                    json!({"order": order_json(order, &self.policy), "reasons": self.policy.actions.cancel_order.reasons}),
+                ));
+            }
+        };
+        let call = ToolCall::CancelOrder {
+            order_id: order.number.clone(),
+            reason: reason.clone(),
+        };
+        Ok(self.confirm(
+            task,
+            call,
+            json!({"kind": "cancel", "order": order_json(order, &self.policy), "reason": reason}),
+        ))
+    }
+
+    async fn change_address(
+        &self,
+        state: &mut DialogueState,
+        task: &mut Task,
+        order: &Order,
+        turn: &Turn<'_>,
+    ) -> R<Draft> {
+        if let Some(d) = self.precheck(ActionKind::ModifyOrderAddress, order, turn.now) {
+            state.task = None;
+            return Ok(d);
+        }
+        let Some(mut address) = task.address.clone() else {
+            task.awaiting = Some(Awaiting::Address);
+            return Ok(Draft::ask(
+                "ask_address",
+                json!({"order": order_json(order, &self.policy)}),
+            ));
+        };
+        if address.country.is_empty() {
+            address.country = order
+                .shipping_address
+                .as_ref()
+                .map(|a| a.country.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "USA".into());
+        }
+        let call = ToolCall::ModifyOrderAddress {
+            order_id: order.number.clone(),
+            address: address.clone(),
+        };
+        Ok(self.confirm(
+            task,
+            call,
+            json!({"kind": "address", "order": order_json(order, &self.policy), "address": address.one_line()}),
+        ))
+    }
+
+    async fn profile_address(
+        &self,
+        _state: &mut DialogueState,
+        task: &mut Task,
+        customer: &Customer,
+        _turn: &Turn<'_>,
+    ) -> R<Draft> {
+        let Some(mut address) = task.address.clone() else {
+            task.awaiting = Some(Awaiting::Address);
+            return Ok(Draft::ask("ask_address", json!({"profile": true})));
+        };
+        if address.country.is_empty() {
+            address.country = customer
+                .addresses
+                .first()
+                .map(|a| a.country.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "USA".into());
+        }
+        let call = ToolCall::UpdateCustomerAddress {
+            address: address.clone(),
+        };
+        Ok(self.confirm(
+            task,
+            call,
+            json!({"kind": "profile_address", "address": address.one_line()}),
+        ))
+    }
+
+    fn refund_method(
+        &self,
+        task: &Task,
+        order: &Order,
+        customer: &Customer,
+    ) -> Option<(String, String)> {
+        let original = order.payments.first().map(|p| p.payment_method_id.clone());
+        let gift = customer
+            .payment_methods
+            .iter()
+            .find(|m| m.is_gift_card())
+            .map(|m| m.id.clone());
+        let describe = |id: &str| {
+            customer
+                .payment_methods
+                .iter()
+                .find(|m| m.id == id)
+                .map(describe_method)
+                .unwrap_or_else(|| id.replace('_', " "))
+        };
+        let chosen = match task.payment_hint.as_deref() {
+            Some("gift card") => gift.or(original),
+            _ => original,
+        }?;
+        let text = describe(&chosen);
+        Some((chosen, text))
+    }
+
+    async fn return_items(
+        &self,
+        state: &mut DialogueState,
+        task: &mut Task,
+        order: &Order,
+        customer: &Customer,
+        turn: &Turn<'_>,
+        ents: &Entities,
+    ) -> R<Draft> {
+        if let Some(d) = self.precheck(ActionKind::ReturnItems, order, turn.now) {
+            state.task = None;
+            return Ok(d);
+        }
+        let Some(items) = self.pick_items(task, order, ents) else {
+            task.awaiting = Some(Awaiting::Items);
+            return Ok(Draft::ask(
+                "ask_items",
+                json!({"task": task.kind, "order": order_json(order, &self.policy)}),
+            ));
+        };
+        let Some((method_id, method_text)) = self.refund_method(task, order, customer) else {
+            state.task = None;
+            return Ok(Draft::done(
+                "refused",
+                json!({"message": format!("I can't find how order {} was paid, so I can't set up the refund here.", order.number)}),
+            ));
+        };
+        let item_ids: Vec<String> = items
+            .iter()
+            .map(|&i| order.items[i].variant_id.clone())
+            .collect();
+        let refund: i64 = items.iter().map(|&i| order.items[i].price).sum();
+        let call = ToolCall::ReturnItems {
+            order_id: order.number.clone(),
+            item_ids,
+            payment_method_id: method_id,
+        };
+        Ok(self.confirm(
+            task,
+            call,
+            json!({"kind": "return", "order": order_json(order, &self.policy),
+                   "items": items.iter().map(|&i| item_json(order, i)).collect::<Vec<_>>(),
+                   "refund": format_money(refund, &order.currency), "method": method_text}),
+        ))
+    }
+
+    /// The items the shopper means, from everything said about this request (newest first).
+    fn pick_items(&self, task: &mut Task, order: &Order, _ents: &Entities) -> Option<Vec<usize>> {
+        let described: Vec<(String, String)> = order
+            .items
+            .iter()
+            .map(|i| (i.name.clone(), crate::commerce::options_text(&i.options)))
+            .collect();
+        for text in task.texts.clone().iter().rev() {
+            match nlu::match_items(text, &described) {
+                ItemChoice::All => {
+                    task.items = Some((0..order.items.len()).collect());
+                    break;
+                }
+                ItemChoice::Some(v) if !v.is_empty() => {
+                    task.items = Some(v);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if task.items.is_none() && order.items.len() == 1 {
+            task.items = Some(vec![0]);
+        }
+        task.items
+            .clone()
+            .filter(|v| !v.is_empty() && v.iter().all(|&i| i < order.items.len()))
+    }
+
+    async fn exchange(
+        &self,
+        state: &mut DialogueState,
+        task: &mut Task,
+        order: &Order,
+        turn: &Turn<'_>,
+        ents: &Entities,
+    ) -> R<Draft> {
+        // On a pending order an exchange is an item change; on a delivered one, an exchange.
+        let action = if order.status == OrderStatus::Pending {
+            task.kind = TaskKind::ModifyItems;
+            ActionKind::ModifyOrderItems
+        } else {
+            task.kind = TaskKind::Exchange;
+            ActionKind::ExchangeItems
+        };
+        if let Some(d) = self.precheck(action, order, turn.now) {
+            state.task = None;
+            return Ok(d);
+        }
+        let Some(items) = self.pick_items(task, order, ents) else {
+            task.awaiting = Some(Awaiting::Items);
+            return Ok(Draft::ask(
+                "ask_items",
+                json!({"task": task.kind, "order": order_json(order, &self.policy)}),
+            ));
+        };
+        // What they want instead: options named in this message, for each chosen item.
+        let mut new_ids = Vec::new();
+        let mut lines = Vec::new();
+        let mut unavailable = Vec::new();
+        for &i in &items {
+            let item = &order.items[i];
+            let Some(product) = self.store.get_product(&item.product_id).await? else {
+                continue;
+            };
+            let offered = offered_options(&product);
+            for text in &task.texts {
+                for (k, v) in nlu::match_options(text, &offered) {
+                    task.new_options.insert(k, v);
+                }
+            }
+            if task.new_options.is_empty() {
+                continue;
+            }
+            let mut target = item.options.clone();
+            for (k, v) in &task.new_options {
+                if target.contains_key(k) {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
+            match product.variants.iter().find(|v| v.options == target && v.id != item.variant_id) {
+                Some(v) if v.available => {
+                    new_ids.push(v.id.clone());
+                    lines.push(json!({"from": item_json(order, i), "to": crate::commerce::options_text(&v.options),
+                                      "price": format_money(v.price, &v.currency)}));
+                }
+                _ => unavailable.push(json!({"name": item.name, "wanted": crate::commerce::options_text(&target),
+                    "alternatives": product.variants.iter().filter(|v| v.available && v.id != item.variant_id)
+                        .take(4).map(|v| crate::commerce::options_text(&v.options)).collect::<Vec<_>>()})),
+            }
+        }
+        if task.new_options.is_empty() {
+            task.awaiting = Some(Awaiting::NewOptions);
+            return Ok(Draft::ask(
+                "ask_new_options",
+                json!({"items": items.iter().map(|&i| item_json(order, i)).collect::<Vec<_>>()}),
+            ));
+        }
+        if !unavailable.is_empty() || new_ids.len() != items.len() {
+            task.new_options = Map::new();
+            task.awaiting = Some(Awaiting::NewOptions);
+            return Ok(Draft::ask(
+                "variant_unavailable",
+                json!({"items": unavailable}),
+            ));
+        }
+        let method = order
+            .payments
+            .first()
+            .map(|p| p.payment_method_id.clone())
+            .unwrap_or_default();
+        let item_ids: Vec<String> = items
+            .iter()
+            .map(|&i| order.items[i].variant_id.clone())
+            .collect();
+        let call = if action == ActionKind::ModifyOrderItems {
+            ToolCall::ModifyOrderItems {
+                order_id: order.number.clone(),
+                item_ids,
+                new_item_ids: new_ids,
+                payment_method_id: method,
+            }
+        } else {
+            ToolCall::ExchangeItems {
+                order_id: order.number.clone(),
+                item_ids,
+                new_item_ids: new_ids,
+                payment_method_id: method,
+            }
+        };
+        let kind = if action == ActionKind::ModifyOrderItems {
+            "modify_items"
+        } else {
+            "exchange"
+        };
+        Ok(self.confirm(
+            task,
+            call,
+            json!({"kind": kind, "order": order_json(order, &self.policy), "lines": lines}),
+        ))
+    }
+
+    async fn change_payment(
+        &self,
+        state: &mut DialogueState,
+        task: &mut Task,
+        order: &Order,
+        customer: &Customer,
+        turn: &Turn<'_>,
+    ) -> R<Draft> {
+        if let Some(d) = self.precheck(ActionKind::ModifyOrderPayment, order, turn.now) {
+            state.task = None;
+            return Ok(d);
+        }
+        let current = order.payments.first().map(|p| p.payment_method_id.as_str());
+        let wanted = task.payment_hint.as_deref().and_then(|hint| {
+            customer.payment_methods.iter().find(|m| {
+                Some(m.id.as_str()) != current
+                    && match hint {
+                        "gift card" => m.is_gift_card(),
+                        "paypal" => m.kind == "paypal",
+                        "credit card" => m.kind == "credit_card",
+                        _ => false,
+                    }
+            })
+        });
+        let Some(method) = wanted else {
+            task.awaiting = Some(Awaiting::Reason);
+            let others: Vec<String> = customer
+                .payment_methods
+                .iter()
+                .filter(|m| Some(m.id.as_str()) != current)
+                .map(describe_method)
+                .collect();
+            return Ok(Draft::ask(
+                "ask_payment_method",
+                json!({"order": order_json(order, &self.policy), "methods": others}),
+            ));
+        };
+        let call = ToolCall::ModifyOrderPayment {
+            order_id: order.number.clone(),
+            payment_method_id: method.id.clone(),
+        };
+        Ok(self.confirm(
+            task,
+            call,
+            json!({"kind": "payment", "order": order_json(order, &self.policy), "method": describe_method(method)}),
+        ))
+    }
+
+    fn confirm(&self, task: &mut Task, call: ToolCall, details: Value) -> Draft {
+        task.pending_call = Some(call);
+        task.awaiting = Some(Awaiting::Confirmation);
+        Draft::ask("confirm", details)
+    }
+
+    async fn execute_pending(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<Draft> {
+        let Some(task) = state.task.take() else {
+            return Ok(Draft::ask("clarify", json!({})));
+        };
+        let Some(call) = task.pending_call.clone() else {
+            state.task = Some(task);
+            return Ok(Draft::ask("clarify", json!({})));
+        };
+        let ctx = self.tool_ctx(state, turn.now);
+        match tools::execute(&ctx, &call).await {
+            Ok(out) => {
+                let order = match call.order_id() {
+                    Some(n) => self.store.get_order_by_number(n).await?,
+                    None => None,
+                };
+                let mut d = Draft::done(
+                    "action_done",
+                    json!({"action": call.name(), "result": out.data,
+                           "order": order.as_ref().map(|o| order_json(o, &self.policy))}),
+                );
+                if let Some(a) = out.action {
+                    d.actions.push(a);
+                }
+                if let Some(o) = &order {
+                    d.citations.push(Citation {
+                        kind: "order",
+                        reference: o.number.clone(),
+                    });
+                }
+                Ok(d)
+            }
+            Err(e) if e.code == ToolErrorCode::NeedsApproval => {
+                let mut d = Draft::new(
+                    "needs_approval",
+                    json!({"message": e.message, "action": call.name()}),
+                    ConversationStatus::Escalated,
+                );
+                d.escalation = Some((
+                    "needs_approval".into(),
+                    format!(
+                        "{} needs staff approval: {}. Requested change: {}",
+                        call.name(),
+                        e.message,
+                        serde_json::to_string(&call).unwrap_or_default()
+                    ),
+                ));
+                d.actions.push(escalated_action("needs_approval"));
+                Ok(d)
+            }
+            Err(e) => Ok(Draft::done("refused", json!({"message": e.message}))),
+        }
+    }
+
+    async fn availability(&self, turn: &Turn<'_>, _ents: &Entities) -> R<Option<Draft>> {
+        let index = self.search.clone();
+        let q = turn.text.to_string();
+        let hits = tokio::task::spawn_blocking(move || index.search(&q, Some(DocKind::Product), 5))
+            .await??;
+        let Some(hit) = hits.first() else {
+            return Ok(None);
+        };
+        let Some(product) = self.store.get_product(&hit.key).await? else {
+            return Ok(None);
+        };
+        let wanted = nlu::match_options(turn.text, &offered_options(&product));
+        let ctx = ToolContext {
+            store: &self.store,
+            policy: &self.policy,
+            actor: Actor::OfflineResolver,
+            customer_id: None,
+            now: turn.now,
+        };
+        let out = tools::execute(
+            &ctx,
+            &ToolCall::CheckAvailability {
+                product_id: product.id.clone(),
+                options: wanted.clone(),
+            },
+        )
+        .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => return Ok(Some(Draft::done("refused", json!({"message": e.message})))),
+        };
+        let matching: Vec<&crate::commerce::Variant> = product
+            .variants
+            .iter()
+            .filter(|v| wanted.iter().all(|(k, val)| v.options.get(k) == Some(val)))
+            .collect();
+        let available: Vec<Value> = matching
+            .iter()
+            .filter(|v| v.available)
+            .take(6)
+            .map(|v| json!({"options": crate::commerce::options_text(&v.options), "price": format_money(v.price, &v.currency), "stock": v.stock}))
+            .collect();
+        let mut d = Draft::done(
+            "availability",
+            json!({"product": product.name, "wanted": crate::commerce::options_text(&wanted),
+                   "any_wanted": !wanted.is_empty(), "available": available,
+                   "alternatives": product.variants.iter().filter(|v| v.available).take(4)
+                        .map(|v| crate::commerce::options_text(&v.options)).collect::<Vec<_>>()}),
+        );
+        d.actions.push(out.action.unwrap_or(ActionRecord {
+            kind: "availability",
+            order: None,
+            details: json!({"product_id": product.id}),
+        }));
+        d.citations.push(Citation {
+            kind: "product",
+            reference: product.id.clone(),
+        });
+        Ok(Some(d))
+    }
+
+    /// Answers from the brand's policy texts, quoting the best section and citing it.
+    fn policy_answer(&self, question: &str) -> R<Option<Draft>> {
+        let hits = self.search.search(question, Some(DocKind::Policy), 3)?;
+        let Some(hit) = hits.first() else {
+            return Ok(None);
+        };
+        if hit.score < 1.0 {
+            return Ok(None);
+        }
+        let text = self
+            .policy_chunks
+            .get(&hit.key)
+            .map(|c| c.text.clone())
+            .unwrap_or_else(|| hit.snippet.clone());
+        let heading = self
+            .policy_chunks
+            .get(&hit.key)
+            .map(|c| c.heading.clone())
+            .unwrap_or_else(|| hit.title.clone());
+        let mut d = Draft::done(
+            "policy_answer",
+            json!({"heading": heading, "text": text.trim(), "ref": hit.key}),
+        );
+        d.citations.push(Citation {
+            kind: "policy",
+            reference: hit.key.clone(),
+        });
+        Ok(Some(d))
+    }
+
+    fn summary(
+        &self,
+        state: &DialogueState,
+        turn: &Turn<'_>,
+        class: &nlu::Classification,
+    ) -> String {
+        let mut parts = vec![format!(
+            "Shopper on {} asked: \"{}\" (understood as {} at {:.0}% confidence).",
+            turn.channel,
+            turn.text.chars().take(300).collect::<String>(),
+            class.intent.as_str(),
+            class.confidence * 100.0
+        )];
+        match &state.verified_customer {
+            Some(c) => parts.push(format!("Verified customer: {c}.")),
+            None => parts.push("Not verified yet.".into()),
+        }
+        if let Some(t) = &state.task
+            && let Some(o) = &t.order
+        {
+            parts.push(format!("Order in question: {o}."));
+        }
+        parts.join(" ")
+    }
+}
+
+enum VerifyResult {
+    Verified,
+    NotYet,
+    Failed,
+    OtherCustomer,
+}
+
+fn unreachable_task() -> R<Draft> {
+    Err(anyhow::anyhow!(
+        "profile address is handled before order selection"
+    ))
+}
+
+/// Whether an entity answers the slot being waited for (so it is not a change of mind).
+fn slot_answer(awaiting: Option<Awaiting>, ents: &Entities) -> bool {
+    match awaiting {
+        Some(Awaiting::Verification) => {
+            !ents.emails.is_empty()
+                || !ents.zip_codes.is_empty()
+                || !ents.names.is_empty()
+                || !ents.order_numbers.is_empty()
+        }
+        Some(Awaiting::Order) => !ents.order_numbers.is_empty(),
+        Some(Awaiting::Reason) => ents.reason.is_some() || ents.payment_hint.is_some(),
+        Some(Awaiting::Address) => ents.address.is_some(),
+        Some(Awaiting::Items) | Some(Awaiting::NewOptions) => true,
+        Some(Awaiting::Confirmation) | None => false,
+    }
+}
+
+/// Which task an intent starts.
+fn task_for(intent: Intent, ents: &Entities, text: &str) -> Option<TaskKind> {
+    // An address in the message is about where things go, whatever else it says.
+    if ents.address.is_some() {
+        return Some(match intent {
+            Intent::SetUpShippingAddress | Intent::EditAccount if ents.order_numbers.is_empty() => {
+                TaskKind::UpdateProfileAddress
+            }
+            _ => TaskKind::ChangeAddress,
+        });
+    }
+    // "How long do I have to return…?" asks about the policy, not for a return.
+    if ents.order_numbers.is_empty() && is_general_question(text) {
+        return None;
+    }
+    Some(match intent {
+        Intent::TrackOrder => TaskKind::OrderStatus,
+        Intent::DeliveryPeriod if !ents.order_numbers.is_empty() => TaskKind::OrderStatus,
+        Intent::CancelOrder => TaskKind::Cancel,
+        Intent::ChangeShippingAddress => TaskKind::ChangeAddress,
+        Intent::SetUpShippingAddress => TaskKind::UpdateProfileAddress,
+        Intent::ReturnItem | Intent::GetRefund => TaskKind::Return,
+        Intent::ExchangeItem | Intent::ChangeOrder => TaskKind::Exchange,
+        Intent::TrackRefund => TaskKind::RefundStatus,
+        Intent::GetInvoice | Intent::CheckInvoice => TaskKind::Invoice,
+        Intent::PaymentIssue if ents.payment_hint.is_some() && !ents.order_numbers.is_empty() => {
+            TaskKind::ChangePayment
+        }
+        _ => return None,
+    })
+}
+
+/// A question about how things work in general ("how many days do I have to return?",
+/// "can I cancel after it ships?") rather than a request about one order.
+fn is_general_question(text: &str) -> bool {
+    let t = format!(
+        " {} ",
+        text.to_lowercase().replace(['?', ',', '.', '!'], " ")
+    );
+    let general = [
+        " how many ",
+        " how long ",
+        " how much ",
+        " how do ",
+        " how does ",
+        " what is your ",
+        " what's your ",
+        " what are your ",
+        " do you ",
+        " is it possible ",
+        " policy ",
+        " can i ",
+        " can you ",
+        " do i have ",
+        " are there ",
+        " is there ",
+    ];
+    let personal = [
+        " my ",
+        " mine ",
+        " i ordered ",
+        " i bought ",
+        " i received ",
+        " i got ",
+    ];
+    general.iter().any(|g| t.contains(g)) && !personal.iter().any(|p| t.contains(p))
+}
+
+fn is_policy_intent(intent: Intent) -> bool {
+    matches!(
+        intent,
+        Intent::CheckRefundPolicy
+            | Intent::CheckCancellationFee
+            | Intent::DeliveryOptions
+            | Intent::DeliveryPeriod
+            | Intent::CheckPaymentMethods
+            | Intent::NewsletterSubscription
+            | Intent::CreateAccount
+            | Intent::DeleteAccount
+            | Intent::EditAccount
+            | Intent::RecoverPassword
+            | Intent::RegistrationProblems
+            | Intent::SwitchAccount
+    )
+}
+
+/// Orders worth offering for a request.
+fn candidate_for(kind: TaskKind, status: OrderStatus) -> bool {
+    match kind {
+        TaskKind::Cancel | TaskKind::ChangeAddress | TaskKind::ChangePayment => {
+            status == OrderStatus::Pending
+        }
+        TaskKind::Return => status == OrderStatus::Delivered,
+        TaskKind::Exchange | TaskKind::ModifyItems => {
+            matches!(status, OrderStatus::Delivered | OrderStatus::Pending)
+        }
+        _ => true,
+    }
+}
+
+fn normalize_number(n: &str) -> String {
+    let t = n.trim().to_uppercase();
+    if t.starts_with('#') {
+        t
+    } else {
+        format!("#{t}")
+    }
+}
+
+fn escalated_action(reason: &str) -> ActionRecord {
+    ActionRecord {
+        kind: "escalated",
+        order: None,
+        details: json!({"reason": reason}),
+    }
+}
+
+fn offered_options(product: &crate::commerce::Product) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for v in &product.variants {
+        for (k, val) in &v.options {
+            let val = val
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| val.to_string());
+            match out.iter_mut().find(|(n, _)| n == k) {
+                Some((_, vals)) => {
+                    if !vals.contains(&val) {
+                        vals.push(val);
+                    }
+                }
+                None => out.push((k.clone(), vec![val])),
+            }
+        }
+    }
+    out
+}
+
+fn describe_method(m: &crate::commerce::PaymentMethod) -> String {
+    match m.kind.as_str() {
+        "credit_card" => format!(
+            "{} card ending {}",
+            m.brand.as_deref().unwrap_or("credit"),
+            m.last_four.as_deref().unwrap_or("????")
+        ),
+        "gift_card" => match m.balance {
+            Some(b) => format!("gift card ({} balance)", format_money(b, &m.currency)),
+            None => "gift card".into(),
+        },
+        "paypal" => "PayPal".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// A policy refusal in words a shopper understands.
+pub(crate) fn denial_sentence(denial: &Denial, order: &Order) -> String {
+    let what = |a: ActionKind| match a {
+        ActionKind::CancelOrder => "cancelled",
+        ActionKind::ModifyOrderAddress => "given a new shipping address",
+        ActionKind::ModifyOrderItems => "changed",
+        ActionKind::ModifyOrderPayment => "moved to another payment method",
+        ActionKind::ReturnItems => "returned",
+        ActionKind::ExchangeItems => "exchanged",
+        ActionKind::UpdateCustomerAddress => "updated",
+        ActionKind::Refund => "refunded",
+    };
+    match denial {
+        Denial::Status {
+            action, allowed, ..
+        } => {
+            let allowed: Vec<&str> = allowed.iter().map(|s| s.describe()).collect();
+            format!(
+                "Order {} is {}; only orders that are {} can be {}.",
+                order.number,
+                order.status.describe(),
+                allowed.join(" or "),
+                what(*action)
+            )
+        }
+        Denial::AlreadyDone(a) => format!(
+            "Order {} has already been {} once, and that can only happen once per order.",
+            order.number,
+            what(*a)
+        ),
+        Denial::LockedAfterItemChange(a) => format!(
+            "The items of order {} were already changed, so it can no longer be {}.",
+            order.number,
+            what(*a)
+        ),
+        Denial::OutsideWindow { action, days } => format!(
+            "Order {} was delivered more than {days} days ago, so it can no longer be {}.",
+            order.number,
+            what(*action)
+        ),
+        Denial::Disabled(a) | Denial::NotAnOrderAction(a) => format!(
+            "Orders can't be {} through this chat; a member of our team can help.",
+            what(*a)
+        ),
+    }
+}
+
+fn customer_json(c: Option<&Customer>) -> Value {
+    match c {
+        Some(c) => json!({"first_name": c.first_name, "name": c.full_name()}),
+        None => Value::Null,
+    }
+}
+
+fn item_json(order: &Order, i: usize) -> Value {
+    let it = &order.items[i];
+    json!({"n": i + 1, "name": it.name, "options": crate::commerce::options_text(&it.options),
+           "price": format_money(it.price, &order.currency), "quantity": it.quantity})
+}
+
+fn orders_json(orders: &[Order]) -> Vec<Value> {
+    orders
+        .iter()
+        .map(|o| json!({"number": o.number, "status": o.status.describe(),
+                        "items": o.items.iter().map(|i| i.name.clone()).collect::<Vec<_>>().join(", ")}))
+        .collect()
+}
+
+/// An order as replies show it: every fact comes from the stored order.
+pub fn order_json(o: &Order, policy: &Policy) -> Value {
+    let date = |ms: Option<i64>| ms.map(|m| rfc3339(m)[..10].to_string());
+    let delivered = o.fulfillments.iter().filter_map(|f| f.delivered_at).max();
+    let estimated = o.fulfillments.iter().filter_map(|f| f.estimated_at).max();
+    let shipped = o.fulfillments.iter().filter_map(|f| f.shipped_at).max();
+    // When it arrives: the carrier's delivery date, else its estimate, else the policy's
+    // shipping times from the ship or order date; unknown when the order has no dates.
+    let eta = match (o.status, delivered, estimated, shipped, o.created_at) {
+        (OrderStatus::Cancelled, ..) => None,
+        (_, Some(d), ..) => Some(format!("It was delivered on {}.", &rfc3339(d)[..10])),
+        (_, None, Some(e), ..) => Some(format!("It is expected by {}.", &rfc3339(e)[..10])),
+        (_, None, None, Some(s), _) => {
+            let (a, b) = policy.shipping_estimate(None, s);
+            Some(format!(
+                "It should arrive between {} and {}.",
+                &rfc3339(a)[..10],
+                &rfc3339(b)[..10]
+            ))
+        }
+        (OrderStatus::Pending, None, None, None, Some(c)) => {
+            let (a, b) = policy.delivery_estimate_from_order(None, c);
+            Some(format!(
+                "It should arrive between {} and {}.",
+                &rfc3339(a)[..10],
+                &rfc3339(b)[..10]
+            ))
+        }
+        _ => None,
+    };
+    json!({
+        "eta": eta,
+        "number": o.number,
+        "status": o.status.as_str(),
+        "status_text": o.status.describe(),
+        "created": date(o.created_at),
+        "total": format_money(o.total, &o.currency),
+        "items": (0..o.items.len()).map(|i| item_json(o, i)).collect::<Vec<_>>(),
+        "address": o.shipping_address.as_ref().map(Address::one_line),
+        "shipments": o.fulfillments.iter().map(|f| json!({
+            "carrier": f.carrier,
+            "tracking": f.tracking_numbers,
+            "url": f.tracking_urls.first(),
+            "shipped": date(f.shipped_at),
+            "delivered": date(f.delivered_at),
+            "estimated": date(f.estimated_at),
+        })).collect::<Vec<_>>(),
+        "payments": o.payments.iter().map(|p| json!({
+            "kind": p.kind.as_str(), "amount": format_money(p.amount, &o.currency), "method": p.payment_method_id,
+        })).collect::<Vec<_>>(),
+        "cancel_reason": o.cancel_reason,
+        "returns": o.returns.iter().map(|r| json!({"status": r.status, "refund": format_money(r.refund, &r.currency)})).collect::<Vec<_>>(),
+        "exchanges": o.exchanges.iter().map(|x| json!({"status": x.status})).collect::<Vec<_>>(),
+        "refunds": o.refunds.iter().map(|r| json!({"amount": format_money(r.amount, &r.currency)})).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,261 @@
+//! The brand agent: understands a shopper's message (intents, entities), verifies who they are,
+//! and resolves the request through the one tool layer under the brand's policy — or hands it to
+//! a person with a ready draft. [`Agent::reply`] is the one entry point every channel uses after
+//! the inbox has stored a message: it answers, stores the reply, and records any hand-over.
+
+pub mod dialogue;
+pub mod guard;
+pub mod llm;
+pub mod nlu;
+pub mod state;
+pub mod tools;
+pub mod voice;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::commerce::policy::Policy;
+use crate::search::SearchIndex;
+use crate::store::{
+    AuthorKind, ConversationStatus, Direction, Escalation, Message, NewMessage, Store,
+};
+use dialogue::{Resolver, Turn, TurnOutcome};
+use state::DialogueState;
+use voice::{Templates, Voice};
+
+/// Where the brand's wording lives.
+pub struct BrandPaths<'a> {
+    pub brand_dir: &'a Path,
+    pub prompts_dir: &'a Path,
+    pub channels_dir: &'a Path,
+}
+
+/// A message as the agent needs it: who sent it, how far the channel vouches for them.
+pub struct Inbound<'a> {
+    pub conversation_id: &'a str,
+    pub message_id: &'a str,
+    pub identity_id: Option<&'a str>,
+    pub channel: &'a str,
+    pub text: &'a str,
+    pub sender_email: Option<&'a str>,
+    pub sender_verified: bool,
+    /// Email channel: the From address is the customer's email claim.
+    pub sender_email_is_claim: bool,
+}
+
+/// What the agent did with a message.
+#[derive(Debug, Clone)]
+pub struct AgentReply {
+    pub message: Message,
+    pub outcome: TurnOutcome,
+    pub escalation: Option<Escalation>,
+}
+
+impl AgentReply {
+    /// The API channel's `resolution` object.
+    pub fn resolution(&self) -> Value {
+        resolution_json(&self.outcome)
+    }
+}
+
+pub fn resolution_json(o: &TurnOutcome) -> Value {
+    let status = match o.status {
+        ConversationStatus::Escalated => "escalated",
+        ConversationStatus::AwaitingCustomer => "awaiting_customer",
+        _ => "resolved",
+    };
+    let mut v = json!({
+        "intent": o.intent.as_str(),
+        "confidence": (f64::from(o.confidence) * 1000.0).round() / 1000.0,
+        "status": status,
+        "actions": o.actions,
+        "citations": o.citations,
+    });
+    if let Some(c) = &o.verified_customer {
+        v["verified_customer"] = json!(c);
+    }
+    v
+}
+
+fn llm_failure_kind(e: &llm::LlmError) -> &'static str {
+    match e {
+        llm::LlmError::Api(_) => "api",
+        llm::LlmError::Timeout(_) => "timeout",
+        llm::LlmError::TooManySteps(_) => "steps",
+        llm::LlmError::Leak(_) => "leak",
+        llm::LlmError::Malformed(_) => "malformed",
+        llm::LlmError::Other(_) => "other",
+    }
+}
+
+pub struct Agent {
+    resolver: Resolver,
+    llm: Option<llm::LlmAgent>,
+    /// One turn at a time per conversation.
+    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl Agent {
+    pub fn load(
+        paths: &BrandPaths<'_>,
+        llm_config: &crate::config::LlmConfig,
+        store: Store,
+        search: SearchIndex,
+        policy: Arc<Policy>,
+    ) -> anyhow::Result<Agent> {
+        let voice = Voice::load(&paths.brand_dir.join("voice.toml"))?;
+        let templates = Templates::load(paths.prompts_dir, paths.channels_dir)?;
+        let llm = llm::LlmAgent::from_config(llm_config);
+        let mut required = vec!["reply/clarify", "reply/escalated", "reply/escalation_draft"];
+        if llm.is_some() {
+            required.push("prompt/system");
+        }
+        for required in required {
+            anyhow::ensure!(
+                templates.has(required),
+                "template {required}.hbs is missing from {}",
+                paths.prompts_dir.join("replies").display()
+            );
+        }
+        let chunks = crate::search::load_policy_dir(&paths.brand_dir.join("policies"))
+            .context("cannot read the brand's policy texts")?;
+        Ok(Agent {
+            resolver: Resolver {
+                store,
+                policy,
+                voice: Arc::new(voice),
+                templates: Arc::new(templates),
+                search,
+                policy_chunks: Arc::new(chunks.into_iter().map(|c| (c.id.clone(), c)).collect()),
+            },
+            llm,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether replies come from an LLM (else the offline resolver).
+    pub fn uses_llm(&self) -> bool {
+        self.llm.is_some()
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    fn lock_for(&self, conversation_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = match self.locks.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(l) = map.get(conversation_id).and_then(Weak::upgrade) {
+            return l;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(conversation_id.to_string(), Arc::downgrade(&l));
+        l
+    }
+
+    /// Answers a stored inbound message: runs the dialogue, stores the reply (with its
+    /// resolution in the message's meta), saves the dialogue state, links a newly verified
+    /// customer, and records an escalation when one is needed.
+    pub async fn reply(&self, inbound: &Inbound<'_>) -> anyhow::Result<AgentReply> {
+        let lock = self.lock_for(inbound.conversation_id);
+        let _turn = lock.lock().await;
+        let store = &self.resolver.store;
+        let mut state =
+            DialogueState::from_value(&store.conversation_state(inbound.conversation_id).await?);
+        let before = state.verified_customer.clone();
+        let identity = match inbound.identity_id {
+            Some(id) => store.get_identity(id).await?,
+            None => None,
+        };
+        let linked = identity
+            .as_ref()
+            .filter(|i| i.verified)
+            .and_then(|i| i.customer_id.clone());
+        let turn = Turn {
+            text: inbound.text,
+            channel: inbound.channel,
+            sender_email: inbound.sender_email,
+            sender_verified: inbound.sender_verified,
+            sender_email_is_claim: inbound.sender_email_is_claim,
+            linked_customer: linked.as_deref(),
+            now: crate::util::now_ms(),
+        };
+        let outcome = match &self.llm {
+            None => self.resolver.respond(&mut state, &turn).await?,
+            Some(llm) => {
+                let history: Vec<Message> = store
+                    .conversation_view(inbound.conversation_id)
+                    .await?
+                    .map(|v| v.messages)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|m| m.id != inbound.message_id)
+                    .collect();
+                let saved = state.clone();
+                match llm
+                    .respond(&self.resolver, &mut state, &turn, &history)
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // Never leave the shopper without an answer: the offline resolver
+                        // takes this turn.
+                        tracing::warn!(error = %e, conversation = inbound.conversation_id, "LLM turn failed; the offline resolver answers");
+                        crate::telemetry::count_llm_fallback(llm_failure_kind(&e));
+                        state = saved;
+                        self.resolver.respond(&mut state, &turn).await?
+                    }
+                }
+            }
+        };
+        store
+            .save_conversation_state(inbound.conversation_id, &state.to_value())
+            .await?;
+        if let Some(c) = &state.verified_customer
+            && before.as_ref() != Some(c)
+        {
+            store
+                .link_verified_customer(inbound.conversation_id, inbound.identity_id, c)
+                .await?;
+        }
+        let message = store
+            .append_message(
+                inbound.conversation_id,
+                &NewMessage {
+                    direction: Direction::Outbound,
+                    author_kind: AuthorKind::BrandAgent,
+                    author_id: None,
+                    text: outcome.reply.clone(),
+                    html: None,
+                    meta: json!({"in_reply_to": inbound.message_id, "resolution": resolution_json(&outcome)}),
+                },
+            )
+            .await?;
+        crate::telemetry::count_message(inbound.channel, "out");
+        let escalation = match &outcome.escalation {
+            Some(e) => Some(
+                store
+                    .escalate(inbound.conversation_id, &e.reason, &e.summary, &e.draft)
+                    .await?,
+            ),
+            None => {
+                store
+                    .set_conversation_status(inbound.conversation_id, outcome.status)
+                    .await?;
+                None
+            }
+        };
+        Ok(AgentReply {
+            message,
+            outcome,
+            escalation,
+        })
+    }
+}
