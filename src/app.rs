@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, BrandPaths};
 use crate::commerce::policy::Policy;
 use crate::config::Config;
+use crate::inbox::events::EventHub;
 use crate::search::{self, IndexDoc, IndexWriterHandle, SearchIndex};
 use crate::store::Store;
 use crate::util::{Secret, random_token};
@@ -30,6 +31,7 @@ pub struct AppState {
     pub indexer: IndexWriterHandle,
     pub policy: Arc<Policy>,
     pub agent: Arc<Agent>,
+    pub hub: EventHub,
     pub api_key: Secret,
 }
 
@@ -99,6 +101,7 @@ impl Application {
                 indexer,
                 policy,
                 agent: Arc::new(agent),
+                hub: EventHub::default(),
                 api_key,
             },
         })

@@ -44,6 +44,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// Web chat: order-status round trips over the WebSocket (question sent → agent's answer
+    /// received), p50/p99; then idle sockets held open, with memory per socket.
+    Chat {
+        #[arg(long, default_value = "../shared/data/tau-bench-retail/tau-bench-v1")]
+        path: PathBuf,
+        #[arg(long, default_value_t = 500)]
+        round_trips: usize,
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+    },
     /// A single-turn order-status question to the brand agent (offline resolver) over HTTP:
     /// POST /api/v1/messages from a verified sender, p50/p99 and messages/s.
     Agent {
@@ -69,6 +79,11 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             requests,
             concurrency,
         } => bench_lookup(&path, requests, concurrency).await,
+        BenchCommand::Chat {
+            path,
+            round_trips,
+            idle,
+        } => bench_chat(&path, round_trips, idle).await,
         BenchCommand::Agent {
             path,
             messages,
@@ -243,38 +258,8 @@ async fn bench_agent(
     messages: usize,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
-    config.data_dir = dir.path().join("data");
     let key = "bench-key-0123456789abcdef";
-    config.api.key = Some(Secret::new(key));
-    config.log.level = "warn".into();
-    let batches = import::load(ImportKind::TauRetail, path)?;
-    let store = crate::app::open_store(&config).await?;
-    let mut asks: Vec<(String, String)> = Vec::new();
-    for (_, b) in &batches {
-        store
-            .import(&b.customers, &b.products, &b.orders, |_| {})
-            .await?;
-        let emails: std::collections::HashMap<&str, &str> = b
-            .customers
-            .iter()
-            .filter_map(|c| Some((c.id.as_str(), c.primary_email()?)))
-            .collect();
-        for o in &b.orders {
-            if let Some(e) = o.customer_id.as_deref().and_then(|c| emails.get(c)) {
-                asks.push((e.to_string(), o.number.clone()));
-            }
-        }
-    }
-    store.close().await;
-    anyhow::ensure!(
-        !asks.is_empty(),
-        "no orders with customers in {}",
-        path.display()
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let app = Application::build_with_listener(config, listener).await?;
+    let (_dir, app, asks) = bench_app(path).await?;
     let addr = app.local_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
@@ -320,6 +305,150 @@ async fn bench_agent(
         all.len() as f64 / wall.as_secs_f64()
     );
     Ok(())
+}
+
+/// Starts an app on a temporary data dir with the τ-bench store; returns it with (email,
+/// order number) pairs to ask about.
+async fn bench_app(
+    path: &std::path::Path,
+) -> anyhow::Result<(tempfile::TempDir, Application, Vec<(String, String)>)> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
+    config.data_dir = dir.path().join("data");
+    config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
+    config.log.level = "warn".into();
+    let batches = import::load(ImportKind::TauRetail, path)?;
+    let store = crate::app::open_store(&config).await?;
+    let mut asks = Vec::new();
+    for (_, b) in &batches {
+        store
+            .import(&b.customers, &b.products, &b.orders, |_| {})
+            .await?;
+        let emails: std::collections::HashMap<&str, &str> = b
+            .customers
+            .iter()
+            .filter_map(|c| Some((c.id.as_str(), c.primary_email()?)))
+            .collect();
+        for o in &b.orders {
+            if let Some(e) = o.customer_id.as_deref().and_then(|c| emails.get(c)) {
+                asks.push((e.to_string(), o.number.clone()));
+            }
+        }
+    }
+    store.close().await;
+    anyhow::ensure!(
+        !asks.is_empty(),
+        "no orders with customers in {}",
+        path.display()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let app = Application::build_with_listener(config, listener).await?;
+    Ok((dir, app, asks))
+}
+
+async fn bench_chat(path: &std::path::Path, round_trips: usize, idle: usize) -> anyhow::Result<()> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let (_dir, app, asks) = bench_app(path).await?;
+    let url = format!("ws://{}/chat/ws", app.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+
+    // Round trips: each on a fresh visitor (one customer per conversation).
+    let mut times = Vec::with_capacity(round_trips);
+    for i in 0..round_trips {
+        let (email, number) = &asks[i % asks.len()];
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        ws.send(Ws::Text(r#"{"type":"hello"}"#.into())).await?;
+        wait_frame(&mut ws, "welcome", None).await?;
+        let text = format!("Where is my order {number}? My email is {email}");
+        let frame =
+            serde_json::json!({"type": "message", "text": text, "client_id": format!("b{i}")});
+        let t = Instant::now();
+        ws.send(Ws::Text(frame.to_string().into())).await?;
+        wait_frame(&mut ws, "message", Some("brand_agent")).await?;
+        times.push(t.elapsed());
+        let _ = ws.close(None).await;
+    }
+    println!(
+        "chat round trip, order status over the WebSocket ({} questions, offline resolver): p50 {:.2} ms, p99 {:.2} ms",
+        times.len(),
+        ms(percentile(&mut times, 50.0)),
+        ms(percentile(&mut times, 99.0))
+    );
+
+    // Idle sockets: connected and welcomed, then left open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib();
+    let mut sockets = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        ws.send(Ws::Text(r#"{"type":"hello"}"#.into())).await?;
+        wait_frame(&mut ws, "welcome", None).await?;
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib();
+    let open = crate::telemetry::metrics_handle()
+        .render()
+        .lines()
+        .find(|l| l.starts_with("concierge_chat_sockets "))
+        .map(str::to_string)
+        .unwrap_or_default();
+    println!(
+        "idle sockets: {} held ({open}); process memory {:.1} MiB → {:.1} MiB = {:.1} KiB per socket (server and bench client share this process, so this counts both ends)",
+        sockets.len(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / sockets.len().max(1) as f64
+    );
+    drop(sockets);
+    let _ = tx.send(());
+    server.await??;
+    Ok(())
+}
+
+async fn wait_frame<S>(
+    ws: &mut S,
+    kind: &str,
+    author: Option<&str>,
+) -> anyhow::Result<serde_json::Value>
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("no frame within 30 s")?
+            .context("socket closed")??;
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
+            let v: serde_json::Value = serde_json::from_str(&t)?;
+            if v["type"] == kind && author.is_none_or(|a| v["author"] == a) {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+/// Resident memory of this process in KiB (Linux), 0 elsewhere.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A minimal keep-alive HTTP/1.1 client for benchmarks (no TLS, no chunked bodies): enough

@@ -63,6 +63,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Email channel tools.
+    #[cfg(any())] // EMAIL-GATE
+    Email {
+        #[command(subcommand)]
+        what: EmailCommand,
+    },
     /// Measure the agent's understanding on held-out data.
     Eval {
         #[command(subcommand)]
@@ -72,6 +78,16 @@ pub enum Command {
     Bench {
         #[command(subcommand)]
         what: crate::bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmailCommand {
+    /// Store one raw email read from standard input (for a mail pipe such as an MTA's
+    /// `| concierge email ingest`); a running server answers it.
+    Ingest {
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -149,6 +165,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out_dir,
         } => export_tau(load_config(file, data_dir)?, &out_dir).await,
         Command::Reindex { data_dir } => reindex_cmd(load_config(file, data_dir)?).await,
+        #[cfg(any())] // EMAIL-GATE
+        Command::Email {
+            what: EmailCommand::Ingest { data_dir },
+        } => {
+            let config = load_config(file, data_dir)?;
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
+                .context("cannot read the message from standard input")?;
+            anyhow::ensure!(
+                raw.len() <= config.email.max_message_bytes,
+                "the message is larger than [email] max_message_bytes ({} bytes)",
+                config.email.max_message_bytes
+            );
+            let store = app::open_store(&config).await?;
+            let support = crate::channels::email::routes::support_address(&config.email.from);
+            let (receipt, _) =
+                crate::channels::email::inbound::receive(&store, &config.data_dir, &support, &raw)
+                    .await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&receipt)?);
+            Ok(())
+        }
         Command::Eval {
             what: EvalCommand::Intents { data },
         } => {

@@ -27,6 +27,7 @@ pub struct Config {
     pub log: LogConfig,
     pub jobs: JobsConfig,
     pub llm: LlmConfig,
+    pub email: EmailConfig,
 }
 
 impl Default for Config {
@@ -42,6 +43,7 @@ impl Default for Config {
             log: LogConfig::default(),
             jobs: JobsConfig::default(),
             llm: LlmConfig::default(),
+            email: EmailConfig::default(),
         }
     }
 }
@@ -200,6 +202,39 @@ impl Default for LlmConfig {
     }
 }
 
+/// The email channel. Also read from `channels/email.toml` (this file's `[email]` and the
+/// environment win).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `smtp://host:port`, `smtps://user:pass@host`, or with `?tls=required`; unset: replies are
+    /// not sent by email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<Secret>,
+    /// The sender of replies, e.g. `Alder & Pine Support <help@alderandpine.example.com>`; its
+    /// address also receives replies (plus-addressed with the conversation's token).
+    pub from: String,
+    /// Bearer secret for `POST /channels/email/inbound`; unset: that endpoint is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_secret: Option<Secret>,
+    /// Delivery attempts before a reply is a dead letter.
+    pub max_attempts: i64,
+    /// Largest inbound message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            smtp_url: None,
+            from: "Support <support@example.com>".into(),
+            inbound_secret: None,
+            max_attempts: 8,
+            max_message_bytes: 25 * 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -252,6 +287,7 @@ impl Config {
             })?,
             None => toml::Table::new(),
         };
+        merge_channel_files(&mut table)?;
         apply_env(&mut table, env)?;
         let config: Config =
             toml::Value::Table(table)
@@ -283,6 +319,36 @@ impl Config {
     pub fn database_url(&self) -> Option<&Secret> {
         self.database.url.as_ref().or(self.database_url.as_ref())
     }
+}
+
+/// Reads `<channels dir>/<name>.toml` for the channel sections this config knows (`email`),
+/// under what the main file says for the same section.
+fn merge_channel_files(table: &mut toml::Table) -> Result<(), ConfigError> {
+    let dir = table
+        .get("brand")
+        .and_then(|b| b.get("channels"))
+        .and_then(toml::Value::as_str)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("channels"));
+    for section in ["email"] {
+        let path = dir.join(format!("{section}.toml"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let from_file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = entry {
+            for (k, v) in from_file {
+                t.entry(k).or_insert(v);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Overlays `CONCIERGE_<SECTION>__<KEY>` (and the shorthands `CONCIERGE_API_KEY`,

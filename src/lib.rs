@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod app;
 pub mod bench;
+pub mod channels;
 pub mod cli;
 pub mod commerce;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod import;
 pub mod inbox;
+pub mod outbox;
 pub mod search;
 pub mod store;
 pub mod telemetry;

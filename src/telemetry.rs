@@ -83,3 +83,8 @@ pub fn set_jobs_pending(n: i64) {
 pub fn count_llm_fallback(kind: &'static str) {
     metrics::counter!("concierge_llm_fallbacks_total", "kind" => kind).increment(1);
 }
+
+/// Web chat sockets open now.
+pub fn chat_sockets(delta: i64) {
+    metrics::gauge!("concierge_chat_sockets").increment(delta as f64);
+}

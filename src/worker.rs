@@ -8,12 +8,15 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppState, rebuild_index_live};
-use crate::store::Job;
+use crate::store::{JOB_DELIVER, Job, JobStatus};
 use crate::util::{new_id, now_ms};
 
 /// Rebuild the search index from the database (queued by `concierge import` while the server
 /// holds the index).
 pub const JOB_REINDEX: &str = "reindex";
+/// Have the brand agent answer a stored inbound message (channels that acknowledge before
+/// answering: email, Telegram, marketplaces). Payload: `{"conversation_id", "message_id"}`.
+pub const JOB_AGENT_REPLY: &str = "agent_reply";
 
 pub async fn run(state: AppState, stop: CancellationToken) {
     let worker_id = new_id("wrk");
@@ -28,13 +31,21 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             Ok(Some(job)) => {
                 let id = job.id.clone();
                 let attempts = job.attempts;
+                let kind = job.kind.clone();
+                let payload = job.payload.clone();
                 let result = run_job(&state, job).await;
                 let recorded = match result {
                     Ok(()) => state.store.complete_job(&id).await.map(|_| ()),
                     Err(e) => {
                         let retry_at = now_ms() + backoff_ms(attempts);
-                        tracing::warn!(job = %id, error = %e, "job failed; will retry");
-                        state.store.fail_job(&id, &e, retry_at).await.map(|_| ())
+                        tracing::warn!(job = %id, kind = %kind, error = %e, "job failed; will retry");
+                        match state.store.fail_job(&id, &e, retry_at).await {
+                            Ok(JobStatus::Dead) => {
+                                crate::outbox::on_dead_job(&state, &kind, &payload).await
+                            }
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(e),
+                        }
                     }
                 };
                 if let Err(e) = recorded {
@@ -62,6 +73,15 @@ async fn run_job(state: &AppState, job: Job) -> Result<(), String> {
             .await
             .map(|n| tracing::info!(documents = n, "search index refreshed"))
             .map_err(|e| format!("{e:#}")),
+        JOB_DELIVER => {
+            let id = job
+                .payload
+                .get("delivery_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            crate::outbox::deliver(state, id).await
+        }
+        JOB_AGENT_REPLY => crate::outbox::agent_reply(state, &job.payload).await,
         other => Err(format!("unknown job kind {other:?}")),
     }
 }

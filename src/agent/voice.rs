@@ -145,6 +145,8 @@ fn replace_words(text: &str, from: &str, to: &str) -> String {
 /// channels that produce HTML (email) escape in their own registry.
 pub struct Templates {
     hbs: Handlebars<'static>,
+    /// `channels/*.html.hbs`, HTML-escaped.
+    html: Handlebars<'static>,
 }
 
 impl Templates {
@@ -155,10 +157,13 @@ impl Templates {
         let mut hbs = Handlebars::new();
         hbs.set_strict_mode(true);
         hbs.register_escape_fn(handlebars::no_escape);
-        register_dir(&mut hbs, &prompts_dir.join("replies"), "reply/")?;
-        register_dir(&mut hbs, prompts_dir, "prompt/")?;
-        register_dir(&mut hbs, channels_dir, "channel/")?;
-        Ok(Templates { hbs })
+        register_dir(&mut hbs, &prompts_dir.join("replies"), "reply/", false)?;
+        register_dir(&mut hbs, prompts_dir, "prompt/", false)?;
+        register_dir(&mut hbs, channels_dir, "channel/", false)?;
+        let mut html = Handlebars::new();
+        html.set_strict_mode(true);
+        register_dir(&mut html, channels_dir, "channel/", true)?;
+        Ok(Templates { hbs, html })
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -171,6 +176,16 @@ impl Templates {
         v
     }
 
+    /// Renders an HTML template (`channels/<name>.html.hbs`, escaped) with some data.
+    pub fn render_html(&self, name: &str, data: &Value) -> Result<String, VoiceError> {
+        self.html
+            .render(name, data)
+            .map_err(|e| VoiceError::Render {
+                name: format!("{name}.html"),
+                message: e.to_string(),
+            })
+    }
+
     /// Renders a template with some data.
     pub fn render(&self, name: &str, data: &Value) -> Result<String, VoiceError> {
         self.hbs.render(name, data).map_err(|e| VoiceError::Render {
@@ -180,7 +195,13 @@ impl Templates {
     }
 }
 
-fn register_dir(hbs: &mut Handlebars<'static>, dir: &Path, prefix: &str) -> Result<(), VoiceError> {
+/// Registers `dir/*.hbs` (or, with `html`, only `dir/*.html.hbs`) under `prefix` + stem.
+fn register_dir(
+    hbs: &mut Handlebars<'static>,
+    dir: &Path,
+    prefix: &str,
+    html: bool,
+) -> Result<(), VoiceError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -200,6 +221,13 @@ fn register_dir(hbs: &mut Handlebars<'static>, dir: &Path, prefix: &str) -> Resu
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
+        let (stem, is_html) = match stem.strip_suffix(".html") {
+            Some(s) => (s, true),
+            None => (stem, false),
+        };
+        if is_html != html {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).map_err(|source| VoiceError::Read {
             path: path.clone(),
             source,

@@ -98,9 +98,12 @@ pub async fn post_message(
         channel: "api".into(),
         thread_key: body.thread.trim().to_string(),
         external_id: body.message_id.clone(),
-        sender_id: email
-            .clone()
-            .unwrap_or_else(|| format!("thread:{}", body.thread.trim())),
+        // Only an email the caller vouches for identifies a person across threads; an
+        // unverified claim must not inherit a link another conversation proved.
+        sender_id: match (&email, body.from.verified) {
+            (Some(e), Some(true)) => e.clone(),
+            _ => format!("thread:{}", body.thread.trim()),
+        },
         sender_name: body.from.name.clone().filter(|n| !n.trim().is_empty()),
         sender_email: email,
         sender_verified: body.from.verified.unwrap_or(false),
@@ -139,9 +142,11 @@ pub async fn post_message(
             sender_verified: msg.sender_verified,
             sender_email_is_claim: false,
         };
-        let reply = state.agent.reply(&inbound).await.map_err(|e| {
-            ApiError::Internal(e.context("the brand agent failed; the message is stored"))
-        })?;
+        let reply = crate::channels::answer(&state, &inbound)
+            .await
+            .map_err(|e| {
+                ApiError::Internal(e.context("the brand agent failed; the message is stored"))
+            })?;
         (json!({"text": reply.message.text}), reply.resolution())
     };
     Ok(Json(json!({

@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/conversations/{id}", get(api::get_conversation))
         .route("/api/v1/orders/{number}", get(api::get_order))
         .route("/api/v1/search", get(api::search))
+        .merge(crate::channels::webchat::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (

@@ -4,6 +4,8 @@
 //! parse channel payloads (that is each channel adapter's job) and does not decide replies
 //! (that is the brand agent's).
 
+pub mod events;
+
 use crate::store::{InboundMessage, IngestOutcome, Store, StoreError};
 use crate::telemetry;
 

@@ -715,3 +715,61 @@ impl Store {
         row.as_ref().map(message_from_row).transpose()
     }
 }
+
+impl Store {
+    /// The conversation of a channel thread, if it exists.
+    pub async fn conversation_by_thread(
+        &self,
+        channel: &str,
+        thread_key: &str,
+    ) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query("SELECT * FROM conversations WHERE channel = $1 AND thread_key = $2")
+            .bind(channel)
+            .bind(thread_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(conversation_from_row).transpose()
+    }
+
+    /// Messages of a conversation after a sequence number (for catching a client up).
+    pub async fn messages_after(
+        &self,
+        conversation_id: &str,
+        after_seq: i64,
+    ) -> StoreResult<Vec<Message>> {
+        sqlx::query("SELECT * FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq")
+            .bind(conversation_id)
+            .bind(after_seq)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(message_from_row)
+            .collect()
+    }
+}
+
+impl Store {
+    /// A message by its channel id.
+    pub async fn message_by_external_id(
+        &self,
+        channel: &str,
+        external_id: &str,
+    ) -> StoreResult<Option<Message>> {
+        let row = sqlx::query("SELECT * FROM messages WHERE channel = $1 AND external_id = $2")
+            .bind(channel)
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+}
+
+impl Store {
+    pub async fn message_by_id(&self, id: &str) -> StoreResult<Option<Message>> {
+        let row = sqlx::query("SELECT * FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+}

@@ -11,6 +11,7 @@ mod actions;
 mod commerce;
 mod inbox;
 mod jobs;
+mod outbox;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -29,6 +30,7 @@ pub use inbox::{
     Identity, InboundMessage, IngestOutcome, Message, NewMessage,
 };
 pub use jobs::{Job, JobStatus};
+pub use outbox::{Delivery, JOB_DELIVER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -444,3 +444,27 @@ async fn a_verified_api_sender_is_trusted_and_a_duplicate_gets_the_same_reply() 
     assert_eq!(again["resolution"], first["resolution"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_unverified_email_claim_does_not_inherit_a_verified_link() {
+    let app = app().await;
+    // Thread A proves to be Anya.
+    let a = Chat {
+        app: &app,
+        thread: "link-a".into(),
+        from: json!({"email": "anya.garcia2061@example.com"}),
+    };
+    a.say("where is #W6310710").await;
+    let (_, res) = a.say("my email is anya.garcia2061@example.com").await;
+    assert_eq!(res["verified_customer"], "anya_garcia_3271", "{res}");
+    // Thread B only claims her email: it must verify on its own.
+    let b = Chat {
+        app: &app,
+        thread: "link-b".into(),
+        from: json!({"email": "anya.garcia2061@example.com"}),
+    };
+    let (reply, res) = b.say("where is my order #W6310710").await;
+    assert!(!reply.contains("951786982868"), "{reply}");
+    assert!(res.get("verified_customer").is_none(), "{res}");
+    app.stop().await;
+}

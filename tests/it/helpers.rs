@@ -73,6 +73,7 @@ fn uuid_simple() -> String {
 pub struct TestApp {
     pub addr: String,
     pub dir: tempfile::TempDir,
+    pub config: Config,
     pub state: AppState,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -120,11 +121,24 @@ impl TestApp {
         TestApp::start(dir, config).await
     }
 
+    /// Stops the app gracefully and starts it again on the same data dir and configuration
+    /// (what a crash-and-restart looks like from the outside, minus the crash).
+    pub async fn restart(mut self) -> TestApp {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("join").expect("server ran cleanly");
+        }
+        let TestApp { dir, config, .. } = self;
+        TestApp::start(dir, config).await
+    }
+
     async fn start(dir: tempfile::TempDir, config: Config) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let app = Application::build_with_listener(config, listener)
+        let app = Application::build_with_listener(config.clone(), listener)
             .await
             .expect("build app");
         let addr = format!("http://{}", app.local_addr());
@@ -136,6 +150,7 @@ impl TestApp {
         TestApp {
             addr,
             dir,
+            config,
             state,
             client: reqwest::Client::new(),
             shutdown: Some(tx),

@@ -7,3 +7,4 @@ mod helpers;
 mod llm;
 mod store;
 mod tools;
+mod webchat;

@@ -1,0 +1,6 @@
+//! The email channel: inbound MIME (an inbound-mail webhook or a mail pipe) into the inbox with
+//! robust threading, and replies out over SMTP through the outbox.
+
+pub mod parse;
+pub mod quote;
+pub mod thread;

@@ -1,0 +1,349 @@
+//! Web chat: an embeddable widget (`GET /chat/widget.js`, one `<script>` tag on the brand's
+//! site), a demo page (`GET /chat`) and the WebSocket `/chat/ws` it talks to.
+//!
+//! Frames are JSON. Client → server: `hello {token?}`, `message {text, client_id}`, `typing`.
+//! Server → client: `welcome {token, history}`, `message {id, author, text, ts}`,
+//! `ack {client_id, id}` (sent once the message is stored), `typing`, `error {message}` (the
+//! socket stays usable). The token is signed (HMAC-SHA256, key kept in the store) and brings a
+//! visitor back to their conversation; on reconnect the history delivers what they missed.
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+use crate::agent::Inbound;
+use crate::app::AppState;
+use crate::inbox::events::InboxEvent;
+use crate::store::{AuthorKind, Direction, InboundMessage, Message, Store};
+
+const WIDGET_JS: &str = include_str!("assets/widget.js");
+const DEMO_HTML: &str = include_str!("assets/demo.html");
+/// Longest chat message accepted, in characters.
+const MAX_TEXT: usize = 4000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/chat", get(|| async { Html(DEMO_HTML) }))
+        .route("/chat/widget.js", get(widget))
+        .route("/chat/ws", get(upgrade))
+}
+
+async fn widget() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        WIDGET_JS,
+    )
+        .into_response()
+}
+
+async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(64 * 1024)
+        .on_upgrade(move |socket| session(state, socket))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Hello {
+        #[serde(default)]
+        token: Option<String>,
+    },
+    Message {
+        text: String,
+        client_id: String,
+    },
+    Typing,
+}
+
+/// The visitor a signed token names.
+struct Visitor {
+    id: String,
+    thread_key: String,
+}
+
+async fn session(state: AppState, socket: WebSocket) {
+    crate::telemetry::chat_sockets(1);
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut out_rx) = mpsc::channel::<String>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(text) = out_rx.recv().await {
+            if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut events = state.hub.subscribe();
+    let mut visitor: Option<Visitor> = None;
+    let mut conversation: Option<String> = None;
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let text = match frame {
+                    Some(Ok(WsMessage::Text(t))) => t.to_string(),
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        send(&out, json!({"type": "error", "message": "frames must be JSON text"})).await;
+                        continue;
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                };
+                match serde_json::from_str::<ClientFrame>(&text) {
+                    Err(e) => send(&out, json!({"type": "error", "message": format!("bad frame: {e}")})).await,
+                    Ok(ClientFrame::Hello { token }) => {
+                        match hello(&state, token.as_deref()).await {
+                            Ok((v, conv, welcome)) => {
+                                visitor = Some(v);
+                                conversation = conv;
+                                send(&out, welcome).await;
+                            }
+                            Err(e) => send(&out, json!({"type": "error", "message": format!("{e:#}")})).await,
+                        }
+                    }
+                    Ok(ClientFrame::Typing) => {
+                        if let Some(c) = &conversation {
+                            state.hub.publish(InboxEvent::Typing { conversation_id: c.clone(), author: "customer".into() });
+                        }
+                    }
+                    Ok(ClientFrame::Message { text, client_id }) => {
+                        let Some(v) = &visitor else {
+                            send(&out, json!({"type": "error", "message": "send a hello frame first"})).await;
+                            continue;
+                        };
+                        match message(&state, v, &text, &client_id).await {
+                            Ok(conv) => conversation = Some(conv),
+                            Err(e) => send(&out, json!({"type": "error", "message": e})).await,
+                        }
+                        if let Some(c) = &conversation {
+                            // The ack says the message is stored.
+                            if let Ok(Some(m)) = state.store.message_by_external_id("webchat", &external_id(v, &client_id)).await
+                                && m.conversation_id == *c
+                            {
+                                send(&out, json!({"type": "ack", "client_id": client_id, "id": m.id})).await;
+                            }
+                        }
+                    }
+                }
+            }
+            event = events.recv() => {
+                match event {
+                    Ok(InboxEvent::Message { conversation_id, message })
+                        if Some(&conversation_id) == conversation.as_ref()
+                            && message.direction != Direction::Internal =>
+                    {
+                        send(&out, frame_of(&message)).await;
+                    }
+                    Ok(InboxEvent::Typing { conversation_id, author }) if Some(&conversation_id) == conversation.as_ref() && author != "customer" => {
+                        send(&out, json!({"type": "typing"})).await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed events: send the history again; the widget de-duplicates by id.
+                        if let Some(c) = &conversation
+                            && let Ok(msgs) = state.store.messages_after(c, 0).await
+                        {
+                            for m in msgs.iter().filter(|m| m.direction != Direction::Internal) {
+                                send(&out, frame_of(m)).await;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    drop(out);
+    let _ = writer.await;
+    crate::telemetry::chat_sockets(-1);
+}
+
+async fn send(out: &mpsc::Sender<String>, frame: Value) {
+    let _ = out.send(frame.to_string()).await;
+}
+
+fn frame_of(m: &Message) -> Value {
+    let author = match m.author_kind {
+        AuthorKind::Customer | AuthorKind::ConsumerAgent => "customer",
+        AuthorKind::BrandAgent => "brand_agent",
+        AuthorKind::Staff => "staff",
+    };
+    json!({"type": "message", "id": m.id, "author": author, "text": m.text, "ts": m.created_at})
+}
+
+fn external_id(v: &Visitor, client_id: &str) -> String {
+    format!("{}:{}", v.id, client_id)
+}
+
+async fn hello(
+    state: &AppState,
+    token: Option<&str>,
+) -> anyhow::Result<(Visitor, Option<String>, Value)> {
+    let key = signing_key(&state.store).await?;
+    let visitor_id = token
+        .and_then(|t| verify_token(&key, t))
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let token = sign_token(&key, &visitor_id);
+    let thread_key = format!("webchat:{visitor_id}");
+    let conversation = state
+        .store
+        .conversation_by_thread("webchat", &thread_key)
+        .await?;
+    let history: Vec<Value> = match &conversation {
+        Some(c) => state
+            .store
+            .messages_after(&c.id, 0)
+            .await?
+            .iter()
+            .filter(|m| m.direction != Direction::Internal)
+            .map(frame_of)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((
+        Visitor {
+            id: visitor_id,
+            thread_key,
+        },
+        conversation.map(|c| c.id),
+        json!({"type": "welcome", "token": token, "history": history}),
+    ))
+}
+
+/// Stores a visitor's message and starts the agent's answer; returns the conversation id.
+async fn message(
+    state: &AppState,
+    v: &Visitor,
+    text: &str,
+    client_id: &str,
+) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the message is empty".into());
+    }
+    if text.chars().count() > MAX_TEXT {
+        return Err(format!("the message is longer than {MAX_TEXT} characters"));
+    }
+    if client_id.trim().is_empty() || client_id.len() > 100 {
+        return Err("client_id must be 1 to 100 characters".into());
+    }
+    let msg = InboundMessage {
+        channel: "webchat".into(),
+        thread_key: v.thread_key.clone(),
+        external_id: Some(external_id(v, client_id)),
+        sender_id: v.id.clone(),
+        sender_name: None,
+        sender_email: None,
+        sender_verified: false,
+        author_kind: AuthorKind::Customer,
+        subject: None,
+        text: text.to_string(),
+        html: None,
+        attachments: json!([]),
+        meta: json!({}),
+    };
+    let outcome = crate::inbox::receive(&state.store, &msg)
+        .await
+        .map_err(|e| e.to_string())?;
+    if outcome.duplicate {
+        return Ok(outcome.conversation_id);
+    }
+    if let Ok(Some(stored)) = state
+        .store
+        .message_by_external_id("webchat", &external_id(v, client_id))
+        .await
+    {
+        state.hub.publish(InboxEvent::Message {
+            conversation_id: outcome.conversation_id.clone(),
+            message: Box::new(stored),
+        });
+    }
+    let state = state.clone();
+    let conv = outcome.conversation_id.clone();
+    tokio::spawn(async move {
+        let inbound = Inbound {
+            conversation_id: &outcome.conversation_id,
+            message_id: &outcome.message_id,
+            identity_id: Some(&outcome.identity_id),
+            channel: "webchat",
+            text: &msg.text,
+            sender_email: None,
+            sender_verified: false,
+            sender_email_is_claim: false,
+        };
+        if let Err(e) = super::answer(&state, &inbound).await {
+            tracing::error!(error = format!("{e:#}"), conversation = %outcome.conversation_id, "web chat answer failed");
+        }
+    });
+    Ok(conv)
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+async fn signing_key(store: &Store) -> anyhow::Result<Vec<u8>> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if let Some(k) = store.get_setting("webchat_key").await? {
+        return Ok(b64.decode(k)?);
+    }
+    let key = crate::util::random_token(32);
+    store.set_setting("webchat_key", &key).await?;
+    // Two first visitors at once: whichever key was stored last wins for both.
+    let stored = store.get_setting("webchat_key").await?.unwrap_or(key);
+    Ok(b64.decode(stored)?)
+}
+
+fn sign_token(key: &[u8], visitor: &str) -> String {
+    let sig = match HmacSha256::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(visitor.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Vec::new(),
+    };
+    format!(
+        "v1.{visitor}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig)
+    )
+}
+
+/// The visitor id a token carries, if its signature holds.
+fn verify_token(key: &[u8], token: &str) -> Option<String> {
+    let rest = token.strip_prefix("v1.")?;
+    let (visitor, sig) = rest.rsplit_once('.')?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .ok()?;
+    let mut mac = HmacSha256::new_from_slice(key).ok()?;
+    mac.update(visitor.as_bytes());
+    mac.verify_slice(&sig).ok()?;
+    (!visitor.is_empty() && visitor.len() <= 64).then(|| visitor.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_with_their_key_and_visitor() {
+        let t = sign_token(b"k1", "visitor-1");
+        assert_eq!(verify_token(b"k1", &t).as_deref(), Some("visitor-1"));
+        assert_eq!(verify_token(b"k2", &t), None);
+        let forged = t.replace("visitor-1", "visitor-2");
+        assert_eq!(verify_token(b"k1", &forged), None);
+        assert_eq!(verify_token(b"k1", "garbage"), None);
+    }
+}
