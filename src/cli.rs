@@ -64,7 +64,6 @@ pub enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Email channel tools.
-    #[cfg(any())] // EMAIL-GATE
     Email {
         #[command(subcommand)]
         what: EmailCommand,
@@ -165,7 +164,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out_dir,
         } => export_tau(load_config(file, data_dir)?, &out_dir).await,
         Command::Reindex { data_dir } => reindex_cmd(load_config(file, data_dir)?).await,
-        #[cfg(any())] // EMAIL-GATE
         Command::Email {
             what: EmailCommand::Ingest { data_dir },
         } => {

@@ -42,11 +42,13 @@ pub async fn deliver(state: &AppState, delivery_id: &str) -> Result<(), String> 
 
 /// Hands a delivery to its channel's sender; `Ok` carries the channel's id for what was sent.
 async fn send_on_channel(
-    _state: &AppState,
+    state: &AppState,
     delivery: &crate::store::Delivery,
 ) -> Result<Option<String>, String> {
-    // EMAIL-GATE: "email" => crate::channels::email::send(state, delivery).await,
-    Err(format!("channel {:?} has no sender", delivery.channel))
+    match delivery.channel.as_str() {
+        "email" => crate::channels::email::send(state, delivery).await,
+        other => Err(format!("channel {other:?} has no sender")),
+    }
 }
 
 /// Called when a job has used all its attempts.

@@ -26,6 +26,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{number}", get(api::get_order))
         .route("/api/v1/search", get(api::search))
         .merge(crate::channels::webchat::routes())
+        .merge(crate::channels::email::routes::routes(
+            state.config.email.max_message_bytes,
+        ))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (

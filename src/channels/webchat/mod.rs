@@ -127,7 +127,7 @@ async fn session(state: AppState, socket: WebSocket) {
                         };
                         match message(&state, v, &text, &client_id).await {
                             Ok(conv) => conversation = Some(conv),
-                            Err(e) => send(&out, json!({"type": "error", "message": e})).await,
+                            Err(e) => send(&out, json!({"type": "error", "message": e, "client_id": client_id})).await,
                         }
                         if let Some(c) = &conversation {
                             // The ack says the message is stored.

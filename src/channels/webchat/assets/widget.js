@@ -5,16 +5,16 @@
 if (window.ConciergeChat) return;
 const script = document.currentScript || document.querySelector('script[src*="/chat/widget.js"]');
 const src = new URL(script ? script.src : '/chat/widget.js', location.href);
-const WS_URL = src.origin.replace(/^http/, 'ws') + src.pathname.replace(/[^/]*$/, 'ws'); // .../chat/ws
+const WS_URL = src.origin.replace(/^http/, 'ws') + '/chat/ws'; // same origin as this script
 const attr = (n, d) => (script && script.getAttribute('data-' + n)) || d;
 const TITLE = attr('title', 'Chat with us'), COLOR = attr('color', '');
-const GREETING = attr('greeting', 'Hi there! How can we help you today?');
+const GREETING = attr('greeting', 'Hi! How can we help you today?');
 const TOKEN = 'concierge.chat.token', OUTBOX = 'concierge.chat.outbox';
 const NAMES = { customer: 'You', brand_agent: 'Assistant', staff: 'Support team' };
 const get = k => { try { return localStorage.getItem(k); } catch (e) { return null; } }; // storage may be blocked
 const put = (k, v) => { try { localStorage.setItem(k, v); } catch (e) { /* ignore */ } };
 
-const uuid = () => crypto.randomUUID ? crypto.randomUUID() // else a v4 UUID by hand (http pages)
+const uuid = () => crypto.randomUUID ? crypto.randomUUID() // not on plain-http pages:
   : '10000000-1000-4000-8000-100000000000'.replace(/[018]/g, c => (c ^ crypto.getRandomValues(new Uint8Array(1))[0] & 15 >> c / 4).toString(16));
 // `text` goes through textContent: message text never touches innerHTML.
 const el = (tag, props = {}, kids = []) => {
@@ -36,10 +36,10 @@ button{border:0;border-radius:50%;background:var(--a);color:var(--at);cursor:poi
 .badge{position:absolute;top:-4px;right:-4px;min-width:22px;padding:0 6px;border-radius:11px;background:#d33;color:#fff;font:700 12px/22px sans-serif}
 .p{position:absolute;right:0;bottom:76px;width:370px;height:560px;max-height:calc(100vh - 110px);background:#fff;border-radius:16px;box-shadow:0 12px 40px #0005;display:flex;flex-direction:column;overflow:hidden}
 header{background:var(--a);color:var(--at);padding:12px 10px 12px 18px;display:flex;align-items:center;gap:10px}
-h2{font-size:17px;margin:0;font-weight:650}
+h2{font-size:17px;margin:0}
 .hd{flex:1;min-width:0}.st{font-size:12px;opacity:.85;display:flex;align-items:center;gap:6px}
 .dot{width:8px;height:8px;border-radius:50%;background:#f5b400}
-.w[data-state=open] .dot{background:#3ccf6e}.w[data-state=offline] .dot{background:#bbb}
+:host([data-state=open]) .dot{background:#3ccf6e}:host([data-state=offline]) .dot{background:#bbb}
 .x{background:none;width:40px;height:40px;border-radius:8px}
 ul{list-style:none;margin:0;padding:16px 14px;flex:1;overflow-y:auto;display:flex;flex-direction:column;gap:10px;background:#f6f5f2}
 li{display:flex;flex-direction:column;max-width:85%;align-self:flex-start}
@@ -47,12 +47,12 @@ li.customer{align-self:flex-end;align-items:flex-end}
 .b{padding:9px 13px;border-radius:16px 16px 16px 4px;background:#fff;border:1px solid #e4e1da;white-space:pre-wrap;overflow-wrap:anywhere}
 .customer .b{background:var(--a);color:var(--at);border-color:transparent;border-radius:16px 16px 4px 16px}
 .staff .b{border-color:#c9b27c}.b a{color:inherit}
-.m,.who{font-size:11.5px;color:#666;margin:3px 4px}
+.m,.who{font-size:12px;color:#666;margin:3px 4px}
 li[data-status=sending] .b{opacity:.7}li[data-status=failed] .m{color:#b3261e}
 li.note{align-self:center;font-size:13px;color:#b3261e;background:#fdecea;border-radius:8px;padding:6px 10px}
-.ty{font-size:13px;color:#666;padding:0 18px 6px;background:#f6f5f2;font-style:italic}
+.ty{font-size:13px;color:#666;padding:0 18px 6px;background:#f6f5f2}
 form{display:flex;gap:8px;align-items:flex-end;padding:10px 10px 12px;border-top:1px solid #e4e1da}
-textarea{flex:1;resize:none;font:inherit;color:inherit;border:1px solid #cfcac0;border-radius:12px;padding:9px 12px;max-height:120px;min-height:42px;background:#fff}
+textarea{flex:1;resize:none;font:inherit;color:inherit;border:1px solid #cfcac0;border-radius:12px;padding:9px 12px;max-height:120px;min-height:42px}
 .s{width:42px;height:42px}
 .sr{position:absolute;width:1px;height:1px;overflow:hidden;clip-path:inset(50%);white-space:nowrap}
 @media (max-width:480px){.w{right:12px;bottom:12px}.p{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}.w.open .l{display:none}}`;
@@ -75,8 +75,7 @@ function settle(cid) {
 
 function setState(s) {
   host.setAttribute('data-state', s);
-  wrap.setAttribute('data-state', s);
-  statusEl.textContent = s === 'open' ? 'Online' : s === 'connecting' ? 'Connecting\u2026' : 'Offline \u2013 reconnecting\u2026';
+  statusEl.textContent = s === 'open' ? 'Online' : s === 'connecting' ? 'Connecting\u2026' : 'Offline, reconnecting\u2026';
 }
 
 function build() {
@@ -129,10 +128,10 @@ function applyColor() {
   if (0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4) wrap.style.setProperty('--at', '#111');
 }
 
-function grow() { input.style.height = 'auto'; input.style.height = Math.min(input.scrollHeight + 2, 120) + 'px'; }
+function grow() { input.style.height = 'auto'; input.style.height = input.scrollHeight + 2 + 'px'; }
 const nearBottom = () => list.scrollHeight - list.scrollTop - list.clientHeight < 80;
 const scrollDown = () => { list.scrollTop = list.scrollHeight; };
-const time = ts => new Date(ts || Date.now()).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+const time = ts => new Date(ts || Date.now()).toLocaleTimeString([], { timeStyle: 'short' });
 
 // Plain text nodes; in agent/staff text, http(s) URLs (only) become <a> elements.
 function fill(node, text, links) {
@@ -158,14 +157,17 @@ const LAST = 'data-last-agent-message';
 function addMessage(m, old) {
   const id = String(m.id);
   if (m.id == null || shown[id]) return; // render once per id
-  const stick = nearBottom();
-  list.appendChild(shown[id] = bubble(m.author, m.text, m.ts, id));
+  const stick = nearBottom(), li = shown[id] = bubble(m.author, m.text, m.ts, id);
+  list.appendChild(li);
   if (m.author !== 'customer') {
     host.setAttribute(LAST, m.text);
     if (!old) typingEl.hidden = true;
     if (!old && !isOpen) { unread++; setIcon(); }
   }
-  if (stick || m.author === 'customer') scrollDown();
+  if (stick || m.author === 'customer') { // to the end, but keep a long reply's start in view
+    scrollDown();
+    list.scrollTop = Math.min(list.scrollTop, li.offsetTop - list.offsetTop - 8);
+  }
 }
 
 function pendingBubble(item) {
@@ -188,7 +190,7 @@ function renderAll(history) {
   scrollDown();
 }
 
-const raw = f => { if (ws && ws.readyState === 1) ws.send(JSON.stringify(f)); };
+const raw = f => ws && ws.readyState === 1 && ws.send(JSON.stringify(f));
 const sendItem = m => raw({ type: 'message', text: m.text, client_id: m.client_id });
 
 function onFrame(ev) {
@@ -255,7 +257,7 @@ function submit() {
   input.focus();
 }
 
-// Open: focus goes to the input. Close: back to the launcher.
+// Focus goes to the input on open, back to the launcher on close.
 function show(open) {
   const was = isOpen;
   isOpen = open;
