@@ -141,6 +141,7 @@ impl Application {
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
 
         let worker = tokio::spawn(worker::run(state.clone(), stop.clone()));
+        let telegram = crate::channels::telegram::spawn(&state, stop.clone());
         let metrics = metrics_listener.map(|l| {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -156,6 +157,10 @@ impl Application {
         crate::telemetry::metrics_handle();
 
         let app = crate::http::router(state.clone());
+        // Small frames (chat, JSON answers) must not wait for Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let stop_http = stop.clone();
         let server = axum::serve(
             listener,
@@ -170,6 +175,11 @@ impl Application {
         stop.cancel();
         if tokio::time::timeout(grace, worker).await.is_err() {
             tracing::warn!("the job worker did not stop within the grace period");
+        }
+        if let Some(t) = telegram
+            && tokio::time::timeout(grace, t).await.is_err()
+        {
+            tracing::warn!("Telegram polling did not stop within the grace period");
         }
         if let Some(m) = metrics {
             let _ = tokio::time::timeout(Duration::from_secs(2), m).await;

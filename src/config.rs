@@ -28,6 +28,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub llm: LlmConfig,
     pub email: EmailConfig,
+    pub telegram: TelegramConfig,
+    pub shopify: ShopifyConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,8 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             llm: LlmConfig::default(),
             email: EmailConfig::default(),
+            telegram: TelegramConfig::default(),
+            shopify: ShopifyConfig::default(),
         }
     }
 }
@@ -235,6 +239,47 @@ impl Default for EmailConfig {
     }
 }
 
+/// The Telegram channel (a bot). Also read from `channels/telegram.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The bot token from @BotFather; unset: the channel is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// The Bot API base URL (a local Bot API server or a test double).
+    pub api_url: String,
+    /// "polling" (long polling, the default) or "webhook".
+    pub mode: String,
+    /// Webhook mode: the X-Telegram-Bot-Api-Secret-Token Telegram must send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<Secret>,
+    /// Long-polling timeout in seconds.
+    pub poll_timeout_secs: u64,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        TelegramConfig {
+            token: None,
+            api_url: "https://api.telegram.org".into(),
+            mode: "polling".into(),
+            webhook_secret: None,
+            poll_timeout_secs: 25,
+        }
+    }
+}
+
+/// Shopify webhooks (order, fulfilment, refund, customer and product sync). Also read from
+/// `channels/shopify.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShopifyConfig {
+    /// The app's client secret that signs webhooks (X-Shopify-Hmac-Sha256); unset: the webhook
+    /// endpoint is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<Secret>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -307,6 +352,17 @@ impl Config {
                 self.log.format
             )));
         }
+        if self.telegram.mode != "polling" && self.telegram.mode != "webhook" {
+            return Err(ConfigError::Invalid(format!(
+                "[telegram] mode must be \"polling\" or \"webhook\", not {:?}",
+                self.telegram.mode
+            )));
+        }
+        if self.telegram.mode == "webhook" && self.telegram.webhook_secret.is_none() {
+            return Err(ConfigError::Invalid(
+                "[telegram] mode = \"webhook\" needs webhook_secret (CONCIERGE_TELEGRAM__WEBHOOK_SECRET), which Telegram sends with every update".into(),
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "[database] max_connections must be at least 1".into(),
@@ -330,7 +386,7 @@ fn merge_channel_files(table: &mut toml::Table) -> Result<(), ConfigError> {
         .and_then(toml::Value::as_str)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("channels"));
-    for section in ["email"] {
+    for section in ["email", "telegram", "shopify"] {
         let path = dir.join(format!("{section}.toml"));
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;

@@ -47,6 +47,10 @@ async fn send_on_channel(
 ) -> Result<Option<String>, String> {
     match delivery.channel.as_str() {
         "email" => crate::channels::email::send(state, delivery).await,
+        "telegram" => crate::channels::telegram::send(state, delivery).await,
+        c if c.starts_with("marketplace:") => {
+            crate::channels::marketplace::send(state, delivery).await
+        }
         other => Err(format!("channel {other:?} has no sender")),
     }
 }

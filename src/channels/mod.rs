@@ -5,6 +5,9 @@
 //! outbound wording in `channels/*.hbs`.
 
 pub mod email;
+pub mod marketplace;
+pub mod shopify;
+pub mod telegram;
 pub mod webchat;
 
 use crate::agent::{AgentReply, Inbound};

@@ -29,6 +29,9 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::channels::email::routes::routes(
             state.config.email.max_message_bytes,
         ))
+        .merge(crate::channels::shopify::routes())
+        .merge(crate::channels::telegram::routes())
+        .merge(crate::channels::marketplace::routes(&state))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (

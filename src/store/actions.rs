@@ -33,8 +33,8 @@ use super::{
     get_str, to_json,
 };
 use crate::commerce::{
-    Address, Customer, ExchangeRequest, Fulfillment, Millis, Minor, Order, OrderItem, OrderStatus,
-    PaymentEntry, PaymentKind, PaymentMethod, Refund, ReturnRequest, Variant,
+    Address, Customer, ExchangeRequest, Millis, Minor, Order, OrderItem, PaymentEntry,
+    PaymentMethod, Refund, ReturnRequest, Variant,
 };
 use crate::util::sha256_hex;
 
@@ -886,135 +886,11 @@ async fn write_customer_change(
     Ok(effects)
 }
 
-// ---- row mapping (the same columns as `super::commerce` reads) ----
-
-fn corrupt(what: &str, message: String) -> StoreError {
-    StoreError::Corrupt {
-        what: what.into(),
-        message,
-    }
-}
-
-fn order_from_row(r: &AnyRow) -> StoreResult<Order> {
-    let status_text = get_str(r, "status")?;
-    let status = OrderStatus::parse(&status_text)
-        .ok_or_else(|| corrupt("order status", format!("unknown status {status_text:?}")))?;
-    Ok(Order {
-        id: get_str(r, "id")?,
-        number: get_str(r, "number")?,
-        source: get_str(r, "source")?,
-        customer_id: get_opt_str(r, "customer_id")?,
-        email: get_opt_str(r, "email")?,
-        status,
-        items_modified: get_i64(r, "items_modified")? != 0,
-        currency: get_str(r, "currency")?,
-        items: Vec::new(),
-        shipping_address: get_opt_json(r, "shipping_address")?,
-        fulfillments: Vec::new(),
-        payments: Vec::new(),
-        total: get_i64(r, "total_minor")?,
-        cancel_reason: get_opt_str(r, "cancel_reason")?,
-        created_at: get_opt_i64(r, "created_at")?,
-        updated_at: get_opt_i64(r, "updated_at")?,
-        cancelled_at: get_opt_i64(r, "cancelled_at")?,
-        position: get_i64(r, "position")?,
-        returns: Vec::new(),
-        exchanges: Vec::new(),
-        refunds: Vec::new(),
-    })
-}
-
-fn item_from_row(r: &AnyRow) -> StoreResult<OrderItem> {
-    Ok(OrderItem {
-        line_id: get_opt_str(r, "line_id")?,
-        variant_id: get_str(r, "variant_id")?,
-        product_id: get_str(r, "product_id")?,
-        name: get_str(r, "name")?,
-        options: get_json(r, "options")?,
-        sku: get_opt_str(r, "sku")?,
-        price: get_i64(r, "price_minor")?,
-        quantity: get_i64(r, "quantity")?,
-    })
-}
-
-fn fulfillment_from_row(r: &AnyRow) -> StoreResult<Fulfillment> {
-    Ok(Fulfillment {
-        id: get_opt_str(r, "id")?,
-        carrier: get_opt_str(r, "carrier")?,
-        status: get_opt_str(r, "status")?,
-        tracking_numbers: get_json(r, "tracking_numbers")?,
-        tracking_urls: get_json(r, "tracking_urls")?,
-        item_ids: get_json(r, "item_ids")?,
-        shipped_at: get_opt_i64(r, "shipped_at")?,
-        delivered_at: get_opt_i64(r, "delivered_at")?,
-        estimated_at: get_opt_i64(r, "estimated_at")?,
-    })
-}
-
-fn payment_from_row(r: &AnyRow) -> StoreResult<PaymentEntry> {
-    let kind_text = get_str(r, "kind")?;
-    Ok(PaymentEntry {
-        kind: PaymentKind::parse(&kind_text)
-            .ok_or_else(|| corrupt("payment kind", format!("unknown kind {kind_text:?}")))?,
-        amount: get_i64(r, "amount_minor")?,
-        payment_method_id: get_str(r, "payment_method_id")?,
-        created_at: get_opt_i64(r, "created_at")?,
-    })
-}
-
-fn return_from_row(r: &AnyRow) -> StoreResult<ReturnRequest> {
-    Ok(ReturnRequest {
-        id: get_str(r, "id")?,
-        order_id: get_str(r, "order_id")?,
-        item_ids: get_json(r, "item_ids")?,
-        payment_method_id: get_str(r, "payment_method_id")?,
-        status: get_str(r, "status")?,
-        refund: get_i64(r, "refund_minor")?,
-        currency: get_str(r, "currency")?,
-        created_at: get_opt_i64(r, "created_at")?,
-    })
-}
-
-fn exchange_from_row(r: &AnyRow) -> StoreResult<ExchangeRequest> {
-    Ok(ExchangeRequest {
-        id: get_str(r, "id")?,
-        order_id: get_str(r, "order_id")?,
-        item_ids: get_json(r, "item_ids")?,
-        new_item_ids: get_json(r, "new_item_ids")?,
-        payment_method_id: get_str(r, "payment_method_id")?,
-        status: get_str(r, "status")?,
-        price_difference: get_i64(r, "price_diff_minor")?,
-        currency: get_str(r, "currency")?,
-        created_at: get_opt_i64(r, "created_at")?,
-    })
-}
-
-fn refund_from_row(r: &AnyRow) -> StoreResult<Refund> {
-    Ok(Refund {
-        id: get_str(r, "id")?,
-        order_id: get_str(r, "order_id")?,
-        amount: get_i64(r, "amount_minor")?,
-        currency: get_str(r, "currency")?,
-        payment_method_id: get_opt_str(r, "payment_method_id")?,
-        note: get_opt_str(r, "note")?,
-        line_ids: get_json(r, "line_ids")?,
-        created_at: get_opt_i64(r, "created_at")?,
-    })
-}
-
-fn variant_from_row(r: &AnyRow) -> StoreResult<Variant> {
-    Ok(Variant {
-        id: get_str(r, "id")?,
-        product_id: get_str(r, "product_id")?,
-        title: get_opt_str(r, "title")?,
-        sku: get_opt_str(r, "sku")?,
-        options: get_json::<Map<String, Value>>(r, "options")?,
-        price: get_i64(r, "price_minor")?,
-        currency: get_str(r, "currency")?,
-        available: get_i64(r, "available")? != 0,
-        stock: get_opt_i64(r, "stock")?,
-    })
-}
+// Row mapping is `super::commerce`'s: the same columns, read the same way.
+use super::commerce::{
+    exchange_from_row, fulfillment_from_row, item_from_row, order_from_row, payment_from_row,
+    refund_from_row, return_from_row, variant_from_row,
+};
 
 #[cfg(test)]
 mod tests {

@@ -768,7 +768,7 @@ fn corrupt(what: &str, message: impl Into<String>) -> StoreError {
     }
 }
 
-fn customer_from_row(r: &AnyRow) -> StoreResult<Customer> {
+pub(super) fn customer_from_row(r: &AnyRow) -> StoreResult<Customer> {
     Ok(Customer {
         id: get_str(r, "id")?,
         source: get_str(r, "source")?,
@@ -784,7 +784,7 @@ fn customer_from_row(r: &AnyRow) -> StoreResult<Customer> {
     })
 }
 
-fn payment_method_from_row(r: &AnyRow) -> StoreResult<PaymentMethod> {
+pub(super) fn payment_method_from_row(r: &AnyRow) -> StoreResult<PaymentMethod> {
     Ok(PaymentMethod {
         id: get_str(r, "id")?,
         kind: get_str(r, "kind")?,
@@ -795,7 +795,7 @@ fn payment_method_from_row(r: &AnyRow) -> StoreResult<PaymentMethod> {
     })
 }
 
-fn product_from_row(r: &AnyRow) -> StoreResult<Product> {
+pub(super) fn product_from_row(r: &AnyRow) -> StoreResult<Product> {
     Ok(Product {
         id: get_str(r, "id")?,
         source: get_str(r, "source")?,
@@ -811,7 +811,7 @@ fn product_from_row(r: &AnyRow) -> StoreResult<Product> {
     })
 }
 
-fn variant_from_row(r: &AnyRow) -> StoreResult<Variant> {
+pub(super) fn variant_from_row(r: &AnyRow) -> StoreResult<Variant> {
     Ok(Variant {
         id: get_str(r, "id")?,
         product_id: get_str(r, "product_id")?,
@@ -825,7 +825,7 @@ fn variant_from_row(r: &AnyRow) -> StoreResult<Variant> {
     })
 }
 
-fn order_from_row(r: &AnyRow) -> StoreResult<Order> {
+pub(super) fn order_from_row(r: &AnyRow) -> StoreResult<Order> {
     let status_text = get_str(r, "status")?;
     let status = OrderStatus::parse(&status_text)
         .ok_or_else(|| corrupt("order status", format!("unknown status {status_text:?}")))?;
@@ -854,7 +854,7 @@ fn order_from_row(r: &AnyRow) -> StoreResult<Order> {
     })
 }
 
-fn item_from_row(r: &AnyRow) -> StoreResult<OrderItem> {
+pub(super) fn item_from_row(r: &AnyRow) -> StoreResult<OrderItem> {
     Ok(OrderItem {
         line_id: get_opt_str(r, "line_id")?,
         variant_id: get_str(r, "variant_id")?,
@@ -867,7 +867,7 @@ fn item_from_row(r: &AnyRow) -> StoreResult<OrderItem> {
     })
 }
 
-fn fulfillment_from_row(r: &AnyRow) -> StoreResult<Fulfillment> {
+pub(super) fn fulfillment_from_row(r: &AnyRow) -> StoreResult<Fulfillment> {
     Ok(Fulfillment {
         id: get_opt_str(r, "id")?,
         carrier: get_opt_str(r, "carrier")?,
@@ -881,7 +881,7 @@ fn fulfillment_from_row(r: &AnyRow) -> StoreResult<Fulfillment> {
     })
 }
 
-fn payment_from_row(r: &AnyRow) -> StoreResult<PaymentEntry> {
+pub(super) fn payment_from_row(r: &AnyRow) -> StoreResult<PaymentEntry> {
     let kind_text = get_str(r, "kind")?;
     Ok(PaymentEntry {
         kind: PaymentKind::parse(&kind_text)
@@ -892,7 +892,7 @@ fn payment_from_row(r: &AnyRow) -> StoreResult<PaymentEntry> {
     })
 }
 
-fn return_from_row(r: &AnyRow) -> StoreResult<ReturnRequest> {
+pub(super) fn return_from_row(r: &AnyRow) -> StoreResult<ReturnRequest> {
     Ok(ReturnRequest {
         id: get_str(r, "id")?,
         order_id: get_str(r, "order_id")?,
@@ -905,7 +905,7 @@ fn return_from_row(r: &AnyRow) -> StoreResult<ReturnRequest> {
     })
 }
 
-fn exchange_from_row(r: &AnyRow) -> StoreResult<ExchangeRequest> {
+pub(super) fn exchange_from_row(r: &AnyRow) -> StoreResult<ExchangeRequest> {
     Ok(ExchangeRequest {
         id: get_str(r, "id")?,
         order_id: get_str(r, "order_id")?,
@@ -919,7 +919,7 @@ fn exchange_from_row(r: &AnyRow) -> StoreResult<ExchangeRequest> {
     })
 }
 
-fn refund_from_row(r: &AnyRow) -> StoreResult<Refund> {
+pub(super) fn refund_from_row(r: &AnyRow) -> StoreResult<Refund> {
     Ok(Refund {
         id: get_str(r, "id")?,
         order_id: get_str(r, "order_id")?,

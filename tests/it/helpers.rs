@@ -40,6 +40,29 @@ fn init_logs() {
     });
 }
 
+/// `on_both!(story)` runs `async fn story(db: Db)` as two tests: on SQLite always, on
+/// PostgreSQL when `TEST_DATABASE_URL` is set (as CI does).
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            use $crate::helpers::Db;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if std::env::var("TEST_DATABASE_URL").is_err() {
+                    eprintln!("skipped: TEST_DATABASE_URL is not set");
+                    return;
+                }
+                super::$name(Db::Postgres).await
+            }
+        }
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Db {
     Sqlite,

@@ -1,13 +1,18 @@
 //! Concierge's integration tests: one binary, a module per feature.
 
+#[macro_use]
+mod helpers;
+
 mod agent;
 mod api;
 mod browser;
 mod cli;
 mod email;
-mod helpers;
 mod llm;
+mod marketplace;
+mod shopify;
 mod smtp_sink;
 mod store;
+mod telegram;
 mod tools;
 mod webchat;

@@ -21,26 +21,6 @@ async fn open(db: Db) -> Option<(Store, tempfile::TempDir)> {
     Some((store, dir))
 }
 
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            use crate::helpers::Db;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Db::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if std::env::var("TEST_DATABASE_URL").is_err() {
-                    eprintln!("skipped: TEST_DATABASE_URL is not set");
-                    return;
-                }
-                super::$name(Db::Postgres).await
-            }
-        }
-    };
-}
-
 fn tau_batch() -> ImportBatch {
     let mut batches = import::load(
         ImportKind::TauRetail,

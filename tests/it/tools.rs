@@ -19,26 +19,6 @@ use crate::helpers::{Db, fresh_postgres, repo_path, shared_data};
 
 const NOW: i64 = 1_750_000_000_000;
 
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            use crate::helpers::Db;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Db::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if std::env::var("TEST_DATABASE_URL").is_err() {
-                    eprintln!("skipped: TEST_DATABASE_URL is not set");
-                    return;
-                }
-                super::$name(Db::Postgres).await
-            }
-        }
-    };
-}
-
 fn brand_policy() -> Policy {
     Policy::load(&repo_path("brand/policy.toml")).expect("brand policy loads")
 }

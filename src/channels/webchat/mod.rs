@@ -53,7 +53,11 @@ async fn widget() -> Response {
 }
 
 async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    // Chat frames are small: modest buffers keep an idle socket cheap (the defaults are 128 KiB
+    // each way), and frames are written out at once.
     ws.max_message_size(64 * 1024)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| session(state, socket))
 }
 

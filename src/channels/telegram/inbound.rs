@@ -1,0 +1,396 @@
+//! Telegram in: one Bot API update into the inbox. A text message (or a captioned photo or
+//! document) is stored as the Telegram user's message in the chat's conversation
+//! (`thread_key = "telegram:<chat id>"`, deduplicated on `"<chat id>:<message id>"`), then
+//! answered: `/start` (and `/help`) with the brand's greeting, anything else by the brand agent
+//! through the `agent_reply` job. Both follow-ups are idempotent, so handing the same update
+//! over twice (a restart before the offset was saved, a webhook retry) stores and answers it
+//! once. Other updates (edits, stickers, callback queries, membership changes, kinds teloxide
+//! does not know) are acknowledged and ignored.
+//!
+//! Updates are parsed with teloxide's types; a message they reject (older payloads without
+//! `chat.type` or `from.is_bot`, as in Telegram's own documentation samples) is read leniently
+//! for the few fields needed here.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use teloxide::types::{Message, Update, UpdateKind};
+
+use super::CHANNEL;
+use crate::agent::state::DialogueState;
+use crate::app::AppState;
+use crate::inbox::events::InboxEvent;
+use crate::store::{AuthorKind, Direction, InboundMessage, IngestOutcome, NewMessage, StoreError};
+use crate::worker::JOB_AGENT_REPLY;
+
+/// A text message as this channel needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextMessage {
+    pub update_id: u64,
+    pub chat_id: i64,
+    pub message_id: i64,
+    /// The Telegram user who wrote it (None for anonymous channel or group posts).
+    pub user_id: Option<u64>,
+    pub name: Option<String>,
+    pub username: Option<String>,
+    pub text: String,
+    /// Unix seconds, as Telegram sent it.
+    pub date: Option<i64>,
+}
+
+/// What became of an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Stored (or recognized as already stored) and answered or queued for an answer.
+    Stored {
+        conversation_id: String,
+        message_id: String,
+        duplicate: bool,
+    },
+    /// Acknowledged without storing; the reason, for logs.
+    Ignored(&'static str),
+}
+
+/// Reads the text message out of a parsed update, if it has one.
+pub fn text_message(update: &Update) -> Result<TextMessage, &'static str> {
+    match &update.kind {
+        UpdateKind::Message(m) => from_message(u64::from(update.id.0), m),
+        UpdateKind::EditedMessage(_) | UpdateKind::EditedBusinessMessage(_) => {
+            Err("edited message")
+        }
+        UpdateKind::ChannelPost(_) | UpdateKind::EditedChannelPost(_) => Err("channel post"),
+        UpdateKind::CallbackQuery(_) => Err("callback query"),
+        UpdateKind::MyChatMember(_) | UpdateKind::ChatMember(_) => Err("chat member update"),
+        UpdateKind::Error(_) => Err("unknown or unreadable update"),
+        _ => Err("not a message"),
+    }
+}
+
+fn from_message(update_id: u64, m: &Message) -> Result<TextMessage, &'static str> {
+    let text = m
+        .text()
+        .or_else(|| m.caption())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or("message without text")?;
+    if m.from.as_ref().is_some_and(|u| u.is_bot) {
+        return Err("message from a bot");
+    }
+    let user = m.from.as_ref();
+    Ok(TextMessage {
+        update_id,
+        chat_id: m.chat.id.0,
+        message_id: i64::from(m.id.0),
+        user_id: user.map(|u| u.id.0),
+        name: user.map(|u| u.full_name()).filter(|n| !n.trim().is_empty()),
+        username: user.and_then(|u| u.username.clone()),
+        text: text.to_string(),
+        date: Some(m.date.timestamp()),
+    })
+}
+
+/// The lenient reading of a raw update's `message`, for payloads teloxide rejects.
+#[derive(Deserialize)]
+struct LooseUpdate {
+    update_id: u64,
+    message: Option<LooseMessage>,
+}
+
+#[derive(Deserialize)]
+struct LooseMessage {
+    message_id: i64,
+    date: Option<i64>,
+    chat: LooseChat,
+    from: Option<LooseUser>,
+    text: Option<String>,
+    caption: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LooseChat {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct LooseUser {
+    id: u64,
+    #[serde(default)]
+    is_bot: bool,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    username: Option<String>,
+}
+
+/// Reads a raw update (a webhook body): its id when it has one, and its text message.
+pub fn parse_raw(raw: &Value) -> (Option<u64>, Result<TextMessage, &'static str>) {
+    let Some(update_id) = raw.get("update_id").and_then(Value::as_u64) else {
+        return (None, Err("not an update (no update_id)"));
+    };
+    let strict = serde_json::from_value::<Update>(raw.clone())
+        .map_err(|_| "unreadable update")
+        .and_then(|u| text_message(&u));
+    if strict.is_ok() || raw.get("message").is_none() {
+        return (Some(update_id), strict);
+    }
+    // teloxide rejected the message; read what we need from it directly.
+    let loose = serde_json::from_value::<LooseUpdate>(raw.clone())
+        .ok()
+        .and_then(|u| u.message.map(|m| (u.update_id, m)));
+    let Some((update_id, m)) = loose else {
+        return (Some(update_id), strict);
+    };
+    let text = m
+        .text
+        .or(m.caption)
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let parsed = match (text, &m.from) {
+        (None, _) => Err("message without text"),
+        (Some(_), Some(u)) if u.is_bot => Err("message from a bot"),
+        (Some(text), from) => Ok(TextMessage {
+            update_id,
+            chat_id: m.chat.id,
+            message_id: m.message_id,
+            user_id: from.as_ref().map(|u| u.id),
+            name: from.as_ref().and_then(|u| {
+                let name = [u.first_name.as_deref(), u.last_name.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Some(name).filter(|n| !n.trim().is_empty())
+            }),
+            username: from.as_ref().and_then(|u| u.username.clone()),
+            text,
+            date: m.date,
+        }),
+    };
+    (Some(update_id), parsed)
+}
+
+/// Stores and answers a parsed update (polling).
+pub async fn receive_update(state: &AppState, update: &Update) -> Result<Received, StoreError> {
+    match text_message(update) {
+        Ok(t) => receive_text(state, &t).await,
+        Err(why) => Ok(Received::Ignored(why)),
+    }
+}
+
+/// Stores and answers a raw update (webhook).
+pub async fn receive_raw(state: &AppState, raw: &Value) -> Result<Received, StoreError> {
+    match parse_raw(raw).1 {
+        Ok(t) => receive_text(state, &t).await,
+        Err(why) => Ok(Received::Ignored(why)),
+    }
+}
+
+/// Stores one text message and makes sure it gets its answer. Safe to repeat.
+pub async fn receive_text(state: &AppState, t: &TextMessage) -> Result<Received, StoreError> {
+    let msg = InboundMessage {
+        channel: CHANNEL.into(),
+        thread_key: format!("{CHANNEL}:{}", t.chat_id),
+        external_id: Some(format!("{}:{}", t.chat_id, t.message_id)),
+        sender_id: match t.user_id {
+            Some(id) => id.to_string(),
+            None => format!("chat:{}", t.chat_id),
+        },
+        sender_name: t.name.clone().or_else(|| t.username.clone()),
+        sender_email: None,
+        sender_verified: false,
+        author_kind: AuthorKind::Customer,
+        subject: None,
+        text: t.text.chars().take(crate::inbox::MAX_TEXT_CHARS).collect(),
+        html: None,
+        attachments: Value::Array(Vec::new()),
+        meta: json!({
+            "update_id": t.update_id,
+            "chat_id": t.chat_id,
+            "message_id": t.message_id,
+            "user_id": t.user_id,
+            "username": t.username,
+            "date": t.date,
+        }),
+    };
+    let outcome = match crate::inbox::receive(&state.store, &msg).await {
+        Ok(o) => o,
+        Err(crate::inbox::InboxError::Invalid { field, message }) => {
+            tracing::warn!(field, message, "ignoring an unusable Telegram message");
+            return Ok(Received::Ignored("unusable message"));
+        }
+        Err(crate::inbox::InboxError::Store(e)) => return Err(e),
+    };
+    // Also for a duplicate: a crash may have come between storing and queueing. Both steps
+    // are idempotent (the job's dedupe key, the reply check), so repeating them is harmless.
+    if greeting_command(&t.text) && greets(state) {
+        greet(state, &outcome).await?;
+    } else {
+        state
+            .store
+            .enqueue_job(
+                JOB_AGENT_REPLY,
+                &json!({"conversation_id": outcome.conversation_id, "message_id": outcome.message_id}),
+                Some(&format!("agent_reply:{}", outcome.message_id)),
+                5,
+            )
+            .await?;
+    }
+    Ok(Received::Stored {
+        conversation_id: outcome.conversation_id,
+        message_id: outcome.message_id,
+        duplicate: outcome.duplicate,
+    })
+}
+
+/// `/start` or `/help`, possibly addressed (`/start@SomeBot`) or with a deep-link payload.
+pub fn greeting_command(text: &str) -> bool {
+    let first = text.split_whitespace().next().unwrap_or_default();
+    let command = first.split('@').next().unwrap_or_default();
+    command.eq_ignore_ascii_case("/start") || command.eq_ignore_ascii_case("/help")
+}
+
+fn greets(state: &AppState) -> bool {
+    state.agent.resolver().templates.has("reply/greeting")
+}
+
+/// Answers `/start` with `reply/greeting` in the channel's wrapper and puts it in the outbox,
+/// unless the message has its answer already (then only makes sure that answer is queued).
+async fn greet(state: &AppState, outcome: &IngestOutcome) -> Result<(), StoreError> {
+    let store = &state.store;
+    let conversation_id = outcome.conversation_id.as_str();
+    let reply = match store.reply_to(&outcome.message_id).await? {
+        Some(m) => m,
+        None => {
+            let resolver = state.agent.resolver();
+            let mut dialogue =
+                DialogueState::from_value(&store.conversation_state(conversation_id).await?);
+            let text = resolver
+                .templates
+                .render("reply/greeting", &json!({"voice": &*resolver.voice}))
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    resolver
+                        .wrap(CHANNEL, &body, dialogue.turns == 0)
+                        .map_err(|e| format!("{e:#}"))
+                })
+                .map(|t| resolver.voice.polish(&t));
+            let text = match text {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the greeting did not render; the brand agent answers /start");
+                    store
+                        .enqueue_job(
+                            JOB_AGENT_REPLY,
+                            &json!({"conversation_id": conversation_id, "message_id": outcome.message_id}),
+                            Some(&format!("agent_reply:{}", outcome.message_id)),
+                            5,
+                        )
+                        .await?;
+                    return Ok(());
+                }
+            };
+            dialogue.turns += 1;
+            store
+                .save_conversation_state(conversation_id, &dialogue.to_value())
+                .await?;
+            let message = store
+                .append_message(
+                    conversation_id,
+                    &NewMessage {
+                        direction: Direction::Outbound,
+                        author_kind: AuthorKind::BrandAgent,
+                        author_id: None,
+                        text,
+                        html: None,
+                        meta: json!({
+                            "in_reply_to": outcome.message_id,
+                            "resolution": {
+                                "intent": "greeting",
+                                "status": "awaiting_customer",
+                                "actions": [],
+                                "citations": [],
+                            },
+                        }),
+                    },
+                )
+                .await?;
+            crate::telemetry::count_message(CHANNEL, "out");
+            state.hub.publish(InboxEvent::Message {
+                conversation_id: conversation_id.to_string(),
+                message: Box::new(message.clone()),
+            });
+            message
+        }
+    };
+    store
+        .enqueue_delivery(
+            &reply.id,
+            conversation_id,
+            CHANNEL,
+            state.config.email.max_attempts,
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_greeting_commands() {
+        assert!(greeting_command("/start"));
+        assert!(greeting_command("/start@AlderPineBot"));
+        assert!(greeting_command("/start ref-123"));
+        assert!(greeting_command("/HELP"));
+        assert!(!greeting_command("/started"));
+        assert!(!greeting_command("where is my order?"));
+        assert!(!greeting_command(""));
+    }
+
+    #[test]
+    fn reads_a_modern_text_update() {
+        let raw = json!({
+            "update_id": 7,
+            "message": {
+                "message_id": 42, "date": 1_700_000_000,
+                "chat": {"id": 555, "type": "private", "first_name": "Anya"},
+                "from": {"id": 555, "is_bot": false, "first_name": "Anya", "last_name": "Garcia", "username": "anya"},
+                "text": "hello"
+            }
+        });
+        let (id, t) = parse_raw(&raw);
+        assert_eq!(id, Some(7));
+        let t = t.expect("a text message");
+        assert_eq!((t.chat_id, t.message_id, t.user_id), (555, 42, Some(555)));
+        assert_eq!(t.name.as_deref(), Some("Anya Garcia"));
+        assert_eq!(t.text, "hello");
+    }
+
+    #[test]
+    fn reads_an_old_style_update_leniently() {
+        // No chat.type, no from.is_bot: teloxide's Message rejects it.
+        let raw = json!({
+            "update_id": 10000,
+            "message": {
+                "date": 1441645532, "message_id": 1365,
+                "chat": {"id": 1111111, "first_name": "Test"},
+                "from": {"id": 1111111, "first_name": "Test", "last_name": "Lastname"},
+                "text": "/start"
+            }
+        });
+        let (id, t) = parse_raw(&raw);
+        assert_eq!(id, Some(10000));
+        let t = t.expect("a text message");
+        assert_eq!((t.chat_id, t.message_id), (1111111, 1365));
+        assert_eq!(t.name.as_deref(), Some("Test Lastname"));
+    }
+
+    #[test]
+    fn ignores_what_is_not_a_text_message() {
+        let edited = json!({"update_id": 1, "edited_message": {"message_id": 1, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "x"}});
+        assert!(parse_raw(&edited).1.is_err());
+        let unknown = json!({"update_id": 2, "something_new": {"a": 1}});
+        assert!(parse_raw(&unknown).1.is_err());
+        let not_update = json!({"id": "4382bfdwdsb323b2d9", "data": "x"});
+        assert_eq!(parse_raw(&not_update).0, None);
+    }
+}

@@ -1,0 +1,483 @@
+//! The Telegram channel end to end against a fake Bot API server (axum, real Bot API JSON):
+//! `/start` is greeted in the brand's voice and an order question answered with its tracking
+//! number, both through `sendMessage`; long polling answers every update exactly once across
+//! restarts, also when a crash left the offset behind; webhook mode refuses a wrong secret,
+//! registers itself with setWebhook, and accepts every sample update in
+//! `shared/data/webhooks/telegram` without a server error.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::post;
+use concierge::util::Secret;
+use serde_json::{Value, json};
+
+use crate::helpers::{Db, TestApp, shared_data};
+
+const TOKEN: &str = "123456:TEST-token_abc";
+const WEBHOOK_SECRET: &str = "telegram-webhook-secret-0123";
+const CHAT: i64 = 7_700_001;
+const ORDER_QUESTION: &str = "where is my order #W6310710? my email is anya.garcia2061@example.com";
+
+/// One getUpdates call as the fake saw it.
+#[derive(Debug, Clone)]
+struct Poll {
+    offset: Option<i64>,
+    returned: Vec<i64>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    updates: Vec<Value>,
+    /// (chat id, text) per sendMessage.
+    sent: Vec<(i64, String)>,
+    polls: Vec<Poll>,
+    webhooks: Vec<Value>,
+    next_message_id: i64,
+}
+
+/// A stand-in for api.telegram.org.
+#[derive(Clone)]
+struct FakeBotApi {
+    url: String,
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeBotApi {
+    async fn start() -> FakeBotApi {
+        let state = Arc::new(Mutex::new(FakeState {
+            next_message_id: 5000,
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/{bot}/{method}", post(bot_method).get(bot_method))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeBotApi { url, state }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a private text message from Anya; returns its update id.
+    fn push_text(&self, update_id: i64, text: &str) -> i64 {
+        let message_id = update_id + 100;
+        self.lock().updates.push(json!({
+            "update_id": update_id,
+            "message": {
+                "message_id": message_id,
+                "date": 1_767_000_000 + update_id,
+                "chat": {"id": CHAT, "type": "private", "first_name": "Anya", "last_name": "Garcia", "username": "anya_g"},
+                "from": {"id": CHAT, "is_bot": false, "first_name": "Anya", "last_name": "Garcia", "username": "anya_g", "language_code": "en"},
+                "text": text,
+            }
+        }));
+        update_id
+    }
+
+    fn sent(&self) -> Vec<(i64, String)> {
+        self.lock().sent.clone()
+    }
+
+    fn polls(&self) -> Vec<Poll> {
+        self.lock().polls.clone()
+    }
+
+    async fn wait_sent(&self, n: usize, secs: u64) -> Vec<(i64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let sent = self.sent();
+            if sent.len() >= n || Instant::now() > deadline {
+                return sent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn ok(result: Value) -> axum::Json<Value> {
+    axum::Json(json!({"ok": true, "result": result}))
+}
+
+async fn bot_method(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    UrlPath((bot, method)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if bot != format!("bot{TOKEN}") {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"ok": false, "error_code": 401, "description": "Unauthorized"})),
+        )
+            .into_response();
+    }
+    let params: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    // Bot API method names are case-insensitive (teloxide sends "GetUpdates").
+    match method.to_ascii_lowercase().as_str() {
+        "getme" => ok(json!({
+            "id": 123456, "is_bot": true, "first_name": "Alder & Pine", "username": "AlderPineBot",
+            "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false
+        }))
+        .into_response(),
+        "getupdates" => {
+            let offset = params.get("offset").and_then(Value::as_i64);
+            let wait = params
+                .get("timeout")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(1);
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            let batch = loop {
+                let batch: Vec<Value> = lock()
+                    .updates
+                    .iter()
+                    .filter(|u| offset.is_none_or(|o| u["update_id"].as_i64() >= Some(o)))
+                    .cloned()
+                    .collect();
+                if !batch.is_empty() || Instant::now() >= deadline {
+                    break batch;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            lock().polls.push(Poll {
+                offset,
+                returned: batch
+                    .iter()
+                    .filter_map(|u| u["update_id"].as_i64())
+                    .collect(),
+            });
+            ok(Value::Array(batch)).into_response()
+        }
+        "sendmessage" => {
+            let chat_id = params["chat_id"].as_i64().unwrap_or_default();
+            let text = params["text"].as_str().unwrap_or_default().to_string();
+            let mut s = lock();
+            s.next_message_id += 1;
+            let id = s.next_message_id;
+            s.sent.push((chat_id, text.clone()));
+            ok(json!({
+                "message_id": id,
+                "date": 1_767_000_000,
+                "chat": {"id": chat_id, "type": "private", "first_name": "Anya"},
+                "from": {"id": 123456, "is_bot": true, "first_name": "Alder & Pine", "username": "AlderPineBot"},
+                "text": text,
+            }))
+            .into_response()
+        }
+        "setwebhook" => {
+            // Sent as multipart/form-data (it may carry a certificate): keep the raw form.
+            lock()
+                .webhooks
+                .push(Value::String(String::from_utf8_lossy(&body).into_owned()));
+            ok(json!(true)).into_response()
+        }
+        "deletewebhook" => ok(json!(true)).into_response(),
+        _ => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn polling_app(fake: &FakeBotApi) -> TestApp {
+    let url = fake.url.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| {
+        c.telegram.token = Some(Secret::new(TOKEN));
+        c.telegram.api_url = url;
+        c.telegram.poll_timeout_secs = 1;
+        c.jobs.poll_interval_ms = 50;
+    })
+    .await;
+    app.import_tau().await;
+    app
+}
+
+async fn webhook_app(fake: &FakeBotApi) -> TestApp {
+    let url = fake.url.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| {
+        c.telegram.token = Some(Secret::new(TOKEN));
+        c.telegram.api_url = url;
+        c.telegram.mode = "webhook".into();
+        c.telegram.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+        c.server.public_url = Some("https://support.alderandpine.example.com/".into());
+        c.jobs.poll_interval_ms = 50;
+    })
+    .await;
+    app.import_tau().await;
+    app
+}
+
+async fn post_update(app: &TestApp, secret: Option<&str>, body: String) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/channels/telegram/webhook"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(s) = secret {
+        req = req.header("X-Telegram-Bot-Api-Secret-Token", s);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn offset_setting(app: &TestApp) -> Option<String> {
+    app.store().get_setting("telegram_offset").await.unwrap()
+}
+
+fn count(sent: &[(i64, String)], needle: &str) -> usize {
+    sent.iter().filter(|(_, t)| t.contains(needle)).count()
+}
+
+#[tokio::test]
+async fn start_is_greeted_and_an_order_question_answered_over_polling() {
+    let fake = FakeBotApi::start().await;
+    let app = polling_app(&fake).await;
+
+    fake.push_text(1, "/start");
+    let sent = fake.wait_sent(1, 15).await;
+    assert_eq!(sent.len(), 1, "one greeting: {sent:?}");
+    assert_eq!(sent[0].0, CHAT);
+    assert!(
+        sent[0]
+            .1
+            .contains("thanks for reaching out to Alder & Pine"),
+        "greeted in the brand's voice: {}",
+        sent[0].1
+    );
+    assert!(
+        sent[0].1.contains("What can I do for you today?"),
+        "{}",
+        sent[0].1
+    );
+
+    fake.push_text(2, ORDER_QUESTION);
+    let sent = fake.wait_sent(2, 20).await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].0, CHAT);
+    assert!(
+        sent[1].1.contains("951786982868"),
+        "the answer carries the tracking number: {}",
+        sent[1].1
+    );
+    assert!(
+        !sent[1].1.contains("thanks for reaching out"),
+        "greeted once per conversation: {}",
+        sent[1].1
+    );
+
+    // One conversation for the chat, the Telegram user as its identity.
+    let conv = app
+        .store()
+        .conversation_by_thread("telegram", &format!("telegram:{CHAT}"))
+        .await
+        .unwrap()
+        .expect("the chat's conversation");
+    let (status, view) = app
+        .get_json(&format!("/api/v1/conversations/{}", conv.id))
+        .await;
+    assert_eq!(status, 200, "{view}");
+    let messages = view["messages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(messages.len(), 4, "two in, two out: {view}");
+    assert_eq!(offset_setting(&app).await.as_deref(), Some("2"));
+
+    // Nothing else goes out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(fake.sent().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn restarts_answer_every_update_exactly_once() {
+    let fake = FakeBotApi::start().await;
+    let app = polling_app(&fake).await;
+
+    // The first update is processed, then the app "crashes" before saving its offset (the
+    // offset is rewound to simulate that) and comes back.
+    let first = fake.push_text(41, ORDER_QUESTION);
+    let sent = fake.wait_sent(1, 20).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(offset_setting(&app).await.as_deref(), Some("41"));
+    app.store()
+        .set_setting("telegram_offset", "40")
+        .await
+        .unwrap();
+    let polls_before = fake.polls().len();
+    let app = app.restart().await;
+
+    // The second update arrives while the app is back.
+    let second = fake.push_text(42, "thank you so much!");
+    let sent = fake.wait_sent(2, 20).await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let polls = fake.polls();
+    assert!(
+        polls[polls_before..]
+            .iter()
+            .any(|p| p.returned.contains(&first)),
+        "the unsaved update was read again: {polls:?}"
+    );
+    assert_eq!(offset_setting(&app).await.as_deref(), Some("42"));
+
+    // A clean restart resumes after the last processed update.
+    let polls_before = fake.polls().len();
+    let app = app.restart().await;
+    let third = fake.push_text(43, "/start");
+    let sent = fake.wait_sent(3, 20).await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    let polls = fake.polls();
+    assert!(
+        polls[polls_before..]
+            .iter()
+            .all(|p| p.offset >= Some(second + 1)),
+        "resumed from the saved offset: {polls:?}"
+    );
+    assert!(polls.iter().any(|p| p.returned.contains(&third)));
+
+    // Each update answered exactly once, nothing lost.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = fake.sent();
+    assert_eq!(sent.len(), 3, "exactly one reply per update: {sent:?}");
+    assert_eq!(count(&sent, "951786982868"), 1, "{sent:?}");
+    let stored = app
+        .store()
+        .conversation_by_thread("telegram", &format!("telegram:{CHAT}"))
+        .await
+        .unwrap()
+        .expect("conversation");
+    let (_, view) = app
+        .get_json(&format!("/api/v1/conversations/{}", stored.id))
+        .await;
+    let inbound = view["messages"]
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["direction"] == "inbound").count())
+        .unwrap_or_default();
+    assert_eq!(inbound, 3, "each update stored once: {view}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_checks_the_secret_and_stores_each_update_once() {
+    let fake = FakeBotApi::start().await;
+    let app = webhook_app(&fake).await;
+
+    // Registered with Telegram at start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake.lock().webhooks.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hooks = fake.lock().webhooks.clone();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    let form = hooks[0].as_str().unwrap_or_default();
+    assert!(
+        form.contains("name=\"url\"")
+            && form.contains("https://support.alderandpine.example.com/channels/telegram/webhook"),
+        "{form}"
+    );
+    assert!(
+        form.contains("name=\"secret_token\"") && form.contains(WEBHOOK_SECRET),
+        "{form}"
+    );
+
+    let update = json!({
+        "update_id": 900,
+        "message": {
+            "message_id": 77, "date": 1_767_000_000,
+            "chat": {"id": CHAT, "type": "private", "first_name": "Anya"},
+            "from": {"id": CHAT, "is_bot": false, "first_name": "Anya", "last_name": "Garcia"},
+            "text": ORDER_QUESTION
+        }
+    })
+    .to_string();
+    let (status, body) = post_update(&app, None, update.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post_update(&app, Some("wrong-secret"), update.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post_update(&app, Some(&WEBHOOK_SECRET[..10]), update.clone()).await;
+    assert_eq!(status, 401, "a prefix is not the secret: {body}");
+    assert!(fake.sent().is_empty());
+
+    let (status, body) = post_update(&app, Some(WEBHOOK_SECRET), update.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicate"], false, "{body}");
+    // Telegram retries (say the 200 got lost): stored and answered once.
+    let (status, again) = post_update(&app, Some(WEBHOOK_SECRET), update).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["message_id"], body["message_id"]);
+
+    let sent = fake.wait_sent(1, 20).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, CHAT);
+    assert!(sent[0].1.contains("951786982868"), "{}", sent[0].1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(fake.sent().len(), 1, "answered once");
+    assert!(fake.polls().is_empty(), "webhook mode does not poll");
+
+    // Garbage is a client error, not a server error.
+    let (status, _) = post_update(&app, Some(WEBHOOK_SECRET), "not json".into()).await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}
+
+fn json_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            json_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "json") {
+            out.push(path);
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_sample_update_is_accepted() {
+    let mut files = Vec::new();
+    json_files(&shared_data("webhooks/telegram"), &mut files);
+    files.sort();
+    assert!(files.len() >= 20, "samples found: {files:?}");
+
+    // The parser alone never fails on them.
+    for f in &files {
+        let raw: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let (id, _) = concierge::channels::telegram::inbound::parse_raw(&raw);
+        assert_eq!(
+            id,
+            raw.get("update_id").and_then(Value::as_u64),
+            "{}",
+            f.display()
+        );
+    }
+
+    let fake = FakeBotApi::start().await;
+    let app = webhook_app(&fake).await;
+    let mut stored = 0;
+    for f in &files {
+        let body = std::fs::read_to_string(f).unwrap();
+        let (status, resp) = post_update(&app, Some(WEBHOOK_SECRET), body).await;
+        assert_eq!(status, 200, "{}: {resp}", f.display());
+        if resp.get("message_id").is_some() {
+            stored += 1;
+        }
+    }
+    assert!(
+        stored >= 3,
+        "the text messages among the samples are stored: {stored}"
+    );
+    // They are answered through the fake without any failing delivery.
+    let sent = fake.wait_sent(1, 15).await;
+    assert!(!sent.is_empty());
+    app.stop().await;
+}
