@@ -224,36 +224,11 @@ async fn bench_lookup(
     // Over HTTP.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = Application::build_with_listener(config, listener).await?;
-    let addr = app.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
-    let per_conn = requests.div_ceil(concurrency.max(1));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..concurrency.max(1) {
-        let numbers = numbers.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = HttpConn::connect(addr).await?;
-            let mut times = Vec::with_capacity(per_conn);
-            for i in 0..per_conn {
-                let n = &numbers[(c * per_conn + i) % numbers.len()];
-                let t = Instant::now();
-                let status = conn.get(&format!("/api/v1/orders/{n}"), key).await?;
-                times.push(t.elapsed());
-                anyhow::ensure!(status == 200, "GET order answered {status}");
-            }
-            anyhow::Ok(times)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let wall = started.elapsed();
-    let _ = tx.send(());
-    server.await??;
+    let (mut all, wall) = drive(app, concurrency, requests, move |c, i, per_conn| {
+        let n = &numbers[(c * per_conn + i) % numbers.len()];
+        Ok(get_request(&format!("/api/v1/orders/{n}"), key))
+    })
+    .await?;
     println!(
         "HTTP GET /api/v1/orders/{{number}} ({} requests, {} connections, client-side latency over loopback): p50 {:.3} ms, p99 {:.3} ms, {:.0} requests/s",
         all.len(),
@@ -272,42 +247,22 @@ async fn bench_agent(
 ) -> anyhow::Result<()> {
     let key = "bench-key-0123456789abcdef";
     let (_dir, app, asks) = bench_app(path).await?;
-    let addr = app.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
-    let per_conn = messages.div_ceil(concurrency.max(1));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..concurrency.max(1) {
-        let asks = asks.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = HttpConn::connect(addr).await?;
-            let mut times = Vec::with_capacity(per_conn);
-            for i in 0..per_conn {
-                let (email, number) = &asks[(c * per_conn + i) % asks.len()];
-                let body = serde_json::json!({
-                    "thread": format!("bench-{c}-{i}"),
-                    "from": {"email": email, "verified": true},
-                    "text": format!("Where is my order {number}?"),
-                })
-                .to_string();
-                let t = Instant::now();
-                let status = conn.post("/api/v1/messages", key, &body).await?;
-                times.push(t.elapsed());
-                anyhow::ensure!(status == 200, "POST message answered {status}");
-            }
-            anyhow::Ok(times)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let wall = started.elapsed();
-    let _ = tx.send(());
-    server.await??;
+    let (mut all, wall) = drive(app, concurrency, messages, move |c, i, per_conn| {
+        let (email, number) = &asks[(c * per_conn + i) % asks.len()];
+        let body = serde_json::json!({
+            "thread": format!("bench-{c}-{i}"),
+            "from": {"email": email, "verified": true},
+            "text": format!("Where is my order {number}?"),
+        })
+        .to_string();
+        let auth = format!("Bearer {key}");
+        Ok(post_request(
+            "/api/v1/messages",
+            &[("Authorization", &auth)],
+            &body,
+        ))
+    })
+    .await?;
     println!(
         "agent: single-turn order status over HTTP, offline resolver ({} messages, {} connections): p50 {:.2} ms, p99 {:.2} ms, {:.0} messages/s",
         all.len(),
@@ -495,51 +450,23 @@ body = '{"text": "{{text}}"}'
     config.jobs.poll_interval_ms = 3_600_000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = Application::build_with_listener(config, listener).await?;
-    let addr = app.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
-    let per_conn = messages.div_ceil(concurrency.max(1));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..concurrency.max(1) {
-        tasks.push(tokio::spawn(async move {
-            let mut conn = HttpConn::connect(addr).await?;
-            let mut times = Vec::with_capacity(per_conn);
-            for i in 0..per_conn {
-                let body = serde_json::json!({
-                    "thread_id": format!("t-{c}-{i}"),
-                    "buyer": {"id": format!("buyer-{c}-{i}")},
-                    "message": {"id": format!("m-{c}-{i}"), "text": "Where is my order #W2611340?"},
-                })
-                .to_string();
-                let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())?;
-                mac.update(body.as_bytes());
-                let sig =
-                    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-                let t = Instant::now();
-                let status = conn
-                    .post_signed(
-                        "/channels/marketplace/bench/webhook",
-                        "X-Marketplace-Signature",
-                        &sig,
-                        &body,
-                    )
-                    .await?;
-                times.push(t.elapsed());
-                anyhow::ensure!(status == 200, "webhook answered {status}");
-            }
-            anyhow::Ok(times)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let wall = started.elapsed();
-    let _ = tx.send(());
-    server.await??;
+    let (mut all, wall) = drive(app, concurrency, messages, move |c, i, _| {
+        let body = serde_json::json!({
+            "thread_id": format!("t-{c}-{i}"),
+            "buyer": {"id": format!("buyer-{c}-{i}")},
+            "message": {"id": format!("m-{c}-{i}"), "text": "Where is my order #W2611340?"},
+        })
+        .to_string();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())?;
+        mac.update(body.as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        Ok(post_request(
+            "/channels/marketplace/bench/webhook",
+            &[("X-Marketplace-Signature", &sig)],
+            &body,
+        ))
+    })
+    .await?;
     println!(
         "signed marketplace webhook in → stored, reply queued ({} messages, {} connections): p50 {:.2} ms, p99 {:.2} ms, {:.0} messages/s",
         all.len(),
@@ -564,6 +491,68 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Serves `app`, sends `total` requests spread over `concurrency` keep-alive connections
+/// (`request(connection, i, per_connection)` builds each raw request), stops the server, and
+/// returns every latency and the wall time. An answer other than 200 is an error.
+async fn drive<F>(
+    app: Application,
+    concurrency: usize,
+    total: usize,
+    request: F,
+) -> anyhow::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize, usize, usize) -> anyhow::Result<String> + Send + Sync + 'static,
+{
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    let request = std::sync::Arc::new(request);
+    let conns = concurrency.max(1);
+    let per_conn = total.div_ceil(conns);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::connect(addr).await?;
+            let mut times = Vec::with_capacity(per_conn);
+            for i in 0..per_conn {
+                let req = request(c, i, per_conn)?;
+                let t = Instant::now();
+                let status = conn.exchange(req.as_bytes()).await?;
+                times.push(t.elapsed());
+                anyhow::ensure!(status == 200, "the server answered {status}");
+            }
+            anyhow::Ok(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let wall = started.elapsed();
+    let _ = tx.send(());
+    server.await??;
+    Ok((all, wall))
+}
+
+fn get_request(path: &str, bearer: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\n\r\n")
+}
+
+fn post_request(path: &str, headers: &[(&str, &str)], json: &str) -> String {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+}
+
 /// A minimal keep-alive HTTP/1.1 client for benchmarks (no TLS, no chunked bodies): enough
 /// to measure our own server without pulling a client library into the binary.
 pub struct HttpConn {
@@ -581,38 +570,8 @@ impl HttpConn {
         })
     }
 
-    /// Sends a GET and reads the whole response; returns the status code.
-    pub async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<u16> {
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\n\r\n");
-        self.exchange(req.as_bytes()).await
-    }
-
-    /// Sends a JSON POST and reads the whole response; returns the status code.
-    pub async fn post(&mut self, path: &str, bearer: &str, json: &str) -> anyhow::Result<u16> {
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-            json.len()
-        );
-        self.exchange(req.as_bytes()).await
-    }
-
-    /// Sends a JSON POST with one extra header (a signature).
-    pub async fn post_signed(
-        &mut self,
-        path: &str,
-        header: &str,
-        value: &str,
-        json: &str,
-    ) -> anyhow::Result<u16> {
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: bench\r\n{header}: {value}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-            json.len()
-        );
-        self.exchange(req.as_bytes()).await
-    }
-
-    async fn exchange(&mut self, req: &[u8]) -> anyhow::Result<u16> {
+    /// Sends one raw request and reads the whole response; returns the status code.
+    pub async fn exchange(&mut self, req: &[u8]) -> anyhow::Result<u16> {
         self.stream.write_all(req).await?;
         self.buf.clear();
         let mut chunk = [0u8; 8192];
