@@ -63,6 +63,11 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// The action log: every write anyone made to commerce data, hash-chained.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCommand,
+    },
     /// Email channel tools.
     Email {
         #[command(subcommand)]
@@ -77,6 +82,16 @@ pub enum Command {
     Bench {
         #[command(subcommand)]
         what: crate::bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recomputes the chain from the first entry; exits non-zero naming the first entry that
+    /// does not verify.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -164,6 +179,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out_dir,
         } => export_tau(load_config(file, data_dir)?, &out_dir).await,
         Command::Reindex { data_dir } => reindex_cmd(load_config(file, data_dir)?).await,
+        Command::Audit {
+            what: AuditCommand::Verify { data_dir },
+        } => {
+            let config = load_config(file, data_dir)?;
+            let store = app::open_store(&config).await?;
+            let report = store.verify_audit_chain().await;
+            store.close().await;
+            let report = report?;
+            match &report.first_bad {
+                None => {
+                    println!("audit log intact: {} entries verified", report.checked);
+                    Ok(())
+                }
+                Some(bad) => anyhow::bail!(
+                    "audit log broken at {bad} ({} entries before it verified)",
+                    report.checked
+                ),
+            }
+        }
         Command::Email {
             what: EmailCommand::Ingest { data_dir },
         } => {

@@ -259,3 +259,65 @@ fn eval_intents_reports_accuracy_above_ninety_percent() {
     assert!(accuracy >= 0.90, "held-out accuracy {accuracy}: {out}");
     assert!(out.contains("most confused"), "{out}");
 }
+
+/// `concierge audit verify` passes on an intact log and names the first altered entry.
+#[test]
+fn audit_verify_names_the_first_altered_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_ok(
+        concierge(&data)
+            .args(["import", "tau-retail"])
+            .arg(shared_data("tau-bench-retail/tau-bench-v1")),
+    );
+    let out = run_ok(concierge(&data).args(["audit", "verify"]));
+    assert!(out.contains("intact: 0 entries"), "{out}");
+
+    // Three writes through the tool layer, as the offline resolver would make them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use concierge::agent::tools::{self, Actor, ToolCall, ToolContext};
+        let store = concierge::store::Store::open(&data, None, 2).await.unwrap();
+        let policy =
+            concierge::commerce::policy::Policy::load(&repo_path("brand/policy.toml")).unwrap();
+        let ctx = ToolContext {
+            store: &store,
+            policy: &policy,
+            actor: Actor::OfflineResolver,
+            customer_id: Some("ivan_santos_6635".into()),
+            now: concierge::util::now_ms(),
+        };
+        for order in ["#W5183325", "#W3913498", "#W6893533"] {
+            let call = ToolCall::CancelOrder {
+                order_id: order.into(),
+                reason: "no longer needed".into(),
+            };
+            let _ = tools::execute(&ctx, &call).await; // the delivered one is refused, and logged
+        }
+        store.close().await;
+    });
+    let out = run_ok(concierge(&data).args(["audit", "verify"]));
+    assert!(out.contains("intact: 3 entries"), "{out}");
+
+    // Someone edits entry 2 behind the service's back.
+    let db = data.join("concierge.db");
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("DROP TRIGGER audit_log_no_update")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_log SET outcome = 'applied' WHERE seq = 2")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    });
+    let out = concierge(&data).args(["audit", "verify"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit entry 2"), "{err}");
+}
