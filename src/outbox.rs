@@ -55,6 +55,25 @@ async fn send_on_channel(
     }
 }
 
+/// The reply a delivery carries, and its conversation (for the channel senders).
+pub async fn reply_of(
+    store: &crate::store::Store,
+    delivery: &crate::store::Delivery,
+) -> Result<(crate::store::Message, crate::store::Conversation), String> {
+    let err = |e: crate::store::StoreError| e.to_string();
+    let reply = store
+        .message_by_id(&delivery.message_id)
+        .await
+        .map_err(err)?
+        .ok_or("the reply to send no longer exists")?;
+    let conversation = store
+        .get_conversation(&delivery.conversation_id)
+        .await
+        .map_err(err)?
+        .ok_or("the conversation no longer exists")?;
+    Ok((reply, conversation))
+}
+
 /// Called when a job has used all its attempts.
 pub async fn on_dead_job(
     state: &AppState,

@@ -575,49 +575,7 @@ async fn load_order(conn: &mut AnyConnection, order_ref: &str) -> StoreResult<Op
     };
     let Some(row) = row else { return Ok(None) };
     let mut order = order_from_row(&row)?;
-    let id = order.id.clone();
-    for r in sqlx::query("SELECT * FROM order_items WHERE order_id = $1 ORDER BY position")
-        .bind(id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        order.items.push(item_from_row(&r)?);
-    }
-    for r in sqlx::query("SELECT * FROM fulfillments WHERE order_id = $1 ORDER BY position")
-        .bind(id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        order.fulfillments.push(fulfillment_from_row(&r)?);
-    }
-    for r in sqlx::query("SELECT * FROM payments WHERE order_id = $1 ORDER BY position")
-        .bind(id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        order.payments.push(payment_from_row(&r)?);
-    }
-    for r in sqlx::query("SELECT * FROM returns WHERE order_id = $1 ORDER BY created_at, id")
-        .bind(id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        order.returns.push(return_from_row(&r)?);
-    }
-    for r in sqlx::query("SELECT * FROM exchanges WHERE order_id = $1 ORDER BY created_at, id")
-        .bind(id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        order.exchanges.push(exchange_from_row(&r)?);
-    }
-    for r in sqlx::query("SELECT * FROM refunds WHERE order_id = $1 ORDER BY created_at, id")
-        .bind(id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        order.refunds.push(refund_from_row(&r)?);
-    }
+    super::commerce::load_order_lines(conn, &mut order).await?;
     Ok(Some(order))
 }
 
@@ -887,10 +845,7 @@ async fn write_customer_change(
 }
 
 // Row mapping is `super::commerce`'s: the same columns, read the same way.
-use super::commerce::{
-    exchange_from_row, fulfillment_from_row, item_from_row, order_from_row, payment_from_row,
-    refund_from_row, return_from_row, variant_from_row,
-};
+use super::commerce::{order_from_row, variant_from_row};
 
 #[cfg(test)]
 mod tests {

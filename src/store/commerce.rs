@@ -198,49 +198,7 @@ impl Store {
     async fn complete_order(&self, row: &AnyRow) -> StoreResult<Order> {
         let mut order = order_from_row(row)?;
         let mut conn = self.pool.acquire().await?;
-        let id = order.id.clone();
-        for r in sqlx::query("SELECT * FROM order_items WHERE order_id = $1 ORDER BY position")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            order.items.push(item_from_row(&r)?);
-        }
-        for r in sqlx::query("SELECT * FROM fulfillments WHERE order_id = $1 ORDER BY position")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            order.fulfillments.push(fulfillment_from_row(&r)?);
-        }
-        for r in sqlx::query("SELECT * FROM payments WHERE order_id = $1 ORDER BY position")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            order.payments.push(payment_from_row(&r)?);
-        }
-        for r in sqlx::query("SELECT * FROM returns WHERE order_id = $1 ORDER BY created_at, id")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            order.returns.push(return_from_row(&r)?);
-        }
-        for r in sqlx::query("SELECT * FROM exchanges WHERE order_id = $1 ORDER BY created_at, id")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            order.exchanges.push(exchange_from_row(&r)?);
-        }
-        for r in sqlx::query("SELECT * FROM refunds WHERE order_id = $1 ORDER BY created_at, id")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            order.refunds.push(refund_from_row(&r)?);
-        }
+        load_order_lines(&mut conn, &mut order).await?;
         Ok(order)
     }
 
@@ -452,6 +410,58 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Reads an order's items, fulfilments, payment history, returns, exchanges and refunds into
+/// it, on `conn` (a pooled connection, or a transaction that must see its own writes).
+pub(super) async fn load_order_lines(
+    conn: &mut AnyConnection,
+    order: &mut Order,
+) -> StoreResult<()> {
+    let id = order.id.clone();
+    for r in sqlx::query("SELECT * FROM order_items WHERE order_id = $1 ORDER BY position")
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        order.items.push(item_from_row(&r)?);
+    }
+    for r in sqlx::query("SELECT * FROM fulfillments WHERE order_id = $1 ORDER BY position")
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        order.fulfillments.push(fulfillment_from_row(&r)?);
+    }
+    for r in sqlx::query("SELECT * FROM payments WHERE order_id = $1 ORDER BY position")
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        order.payments.push(payment_from_row(&r)?);
+    }
+    for r in sqlx::query("SELECT * FROM returns WHERE order_id = $1 ORDER BY created_at, id")
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        order.returns.push(return_from_row(&r)?);
+    }
+    for r in sqlx::query("SELECT * FROM exchanges WHERE order_id = $1 ORDER BY created_at, id")
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        order.exchanges.push(exchange_from_row(&r)?);
+    }
+    for r in sqlx::query("SELECT * FROM refunds WHERE order_id = $1 ORDER BY created_at, id")
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        order.refunds.push(refund_from_row(&r)?);
+    }
+    Ok(())
 }
 
 async fn put_customer(conn: &mut AnyConnection, c: &Customer) -> StoreResult<()> {

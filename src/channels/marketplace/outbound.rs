@@ -34,17 +34,7 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
         return Err(format!("marketplace {name:?} is disabled"));
     }
     let store = &state.store;
-    let err = |e: crate::store::StoreError| e.to_string();
-    let reply = store
-        .message_by_id(&delivery.message_id)
-        .await
-        .map_err(err)?
-        .ok_or("the reply to send no longer exists")?;
-    let conversation = store
-        .get_conversation(&delivery.conversation_id)
-        .await
-        .map_err(err)?
-        .ok_or("the conversation no longer exists")?;
+    let (reply, conversation) = crate::outbox::reply_of(store, delivery).await?;
     let thread_id = conversation
         .thread_key
         .strip_prefix(&format!("{name}:"))

@@ -19,17 +19,7 @@ pub const MAX_MESSAGE_CHARS: usize = 4000;
 pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String>, String> {
     let bot = super::bot(&state.config.telegram)?;
     let store = &state.store;
-    let err = |e: crate::store::StoreError| e.to_string();
-    let message = store
-        .message_by_id(&delivery.message_id)
-        .await
-        .map_err(err)?
-        .ok_or("the reply to send no longer exists")?;
-    let conversation = store
-        .get_conversation(&delivery.conversation_id)
-        .await
-        .map_err(err)?
-        .ok_or("the conversation no longer exists")?;
+    let (message, conversation) = crate::outbox::reply_of(store, delivery).await?;
     let chat_id = chat_id(&conversation.thread_key).ok_or_else(|| {
         format!(
             "conversation {} is not a Telegram chat (thread {:?})",
