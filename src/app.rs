@@ -162,6 +162,7 @@ impl Application {
             let _ = tcp.set_nodelay(true);
         });
         let stop_http = stop.clone();
+        let hub = state.hub.clone();
         let server = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -170,6 +171,7 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests and jobs");
             stop_http.cancel();
+            hub.close();
         });
         let served = server.await;
         stop.cancel();
@@ -194,7 +196,7 @@ impl Application {
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url().map(Secret::expose);
-    Store::open(&config.data_dir, url, config.database.max_connections)
+    let store = Store::open(&config.data_dir, url, config.database.max_connections)
         .await
         .with_context(|| match url {
             Some(u) => format!("cannot open database {}", crate::store::redact_url(u)),
@@ -202,7 +204,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
                 "cannot open the SQLite database in {}",
                 config.data_dir.display()
             ),
-        })
+        })?;
+    // The service key signs the audit log's head and roots the agents' capability tokens.
+    Ok(store.with_audit_signer(crate::gateway::identity::service_key(&config.data_dir)?))
 }
 
 pub fn open_index(data_dir: &Path) -> anyhow::Result<SearchIndex> {

@@ -72,10 +72,35 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// The consumer-agent gateway: signed structured order status over /agent/v1 (GET, POST)
+    /// and A2A data parts, next to a bare axum handler — p50/p99 and requests/s.
+    Gateway {
+        #[arg(long, default_value = "../shared/data/tau-bench-retail/tau-bench-v1")]
+        path: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// The staff inbox: queue (N conversations), escalation list and a long conversation,
+    /// rendered in-process and over HTTP — p50/p99.
+    Inbox {
+        #[arg(long, default_value_t = 10_000)]
+        conversations: usize,
+        #[arg(long, default_value_t = 500)]
+        messages: usize,
+        #[arg(long, default_value_t = 200)]
+        renders: usize,
+    },
 }
 
 pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
     match what {
+        BenchCommand::Inbox {
+            conversations,
+            messages,
+            renders,
+        } => crate::web::bench::run(conversations, messages, renders).await,
         BenchCommand::Import {
             path,
             runs,
@@ -101,6 +126,11 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             messages,
             concurrency,
         } => bench_agent(&path, messages, concurrency).await,
+        BenchCommand::Gateway {
+            path,
+            requests,
+            concurrency,
+        } => crate::gateway::bench::run(&path, requests, concurrency).await,
     }
 }
 

@@ -68,6 +68,16 @@ pub enum Command {
         #[command(subcommand)]
         what: AuditCommand,
     },
+    /// Staff accounts for the web inbox.
+    Staff {
+        #[command(subcommand)]
+        what: crate::web::cli::StaffCommand,
+    },
+    /// Consumer AI agents: keys and capability tokens.
+    Agents {
+        #[command(subcommand)]
+        what: crate::gateway::cli::AgentsCommand,
+    },
     /// Email channel tools.
     Email {
         #[command(subcommand)]
@@ -145,7 +155,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load_config(file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(
+    file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<Config> {
     let mut config = Config::load(file, std::env::vars())?;
     if let Some(d) = data_dir {
         config.data_dir = d;
@@ -179,6 +192,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out_dir,
         } => export_tau(load_config(file, data_dir)?, &out_dir).await,
         Command::Reindex { data_dir } => reindex_cmd(load_config(file, data_dir)?).await,
+        Command::Staff { what } => crate::web::cli::run(file, what).await,
+        Command::Agents { what } => crate::gateway::cli::run(file, what).await,
         Command::Audit {
             what: AuditCommand::Verify { data_dir },
         } => {
@@ -189,7 +204,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = report?;
             match &report.first_bad {
                 None => {
-                    println!("audit log intact: {} entries verified", report.checked);
+                    let signed = match report.signed_seq {
+                        Some(s) if s as u64 == report.checked => {
+                            "; the head is signed with the service key".to_string()
+                        }
+                        Some(s) => format!(
+                            "; signed with the service key up to entry {s} (later entries were \
+                             written without the key)"
+                        ),
+                        None => "; the head is not signed yet".to_string(),
+                    };
+                    println!(
+                        "audit log intact: {} entries verified{signed}",
+                        report.checked
+                    );
                     Ok(())
                 }
                 Some(bad) => anyhow::bail!(
@@ -286,12 +314,14 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
             None => ("#D0000000".into(), "shopper@example.com".into()),
         };
         let key = state.api_key.expose();
+        let data_dir = state.config.data_dir.display();
         let text = format!(
             "Concierge is running with the demo brand.\n\
              \x20 Health:        http://{addr}/healthz\n\
              \x20 API channel:   http://{addr}/api/v1/messages\n\
              \x20 Search:        http://{addr}/api/v1/search?q=returns\n\
              \x20 API key:       {key}\n\
+             \x20 Staff inbox:   http://{addr}/inbox (add the first admin: concierge staff add --data-dir {data_dir} --email you@example.com --role admin)\n\
              Try:\n\
              \x20 curl -s http://{addr}/api/v1/messages -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n\
              \x20   -d '{{\"thread\":\"demo-1\",\"from\":{{\"email\":\"{email}\",\"verified\":true}},\"text\":\"Where is my order {example}?\"}}'\n"

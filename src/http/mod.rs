@@ -32,6 +32,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::channels::shopify::routes())
         .merge(crate::channels::telegram::routes())
         .merge(crate::channels::marketplace::routes(&state))
+        .merge(crate::web::routes(&state))
+        .merge(crate::gateway::routes(&state))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (

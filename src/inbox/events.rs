@@ -44,6 +44,9 @@ impl InboxEvent {
 #[derive(Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<InboxEvent>,
+    /// Cancelled when the service shuts down: endless subscribers (the inbox's event streams)
+    /// end so that in-flight requests can finish.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Default for EventHub {
@@ -55,7 +58,10 @@ impl Default for EventHub {
 impl EventHub {
     pub fn new(capacity: usize) -> EventHub {
         let (tx, _) = broadcast::channel(capacity.max(16));
-        EventHub { tx }
+        EventHub {
+            tx,
+            closing: tokio_util::sync::CancellationToken::new(),
+        }
     }
 
     /// Tells every subscriber; nobody listening is fine.
@@ -65,5 +71,15 @@ impl EventHub {
 
     pub fn subscribe(&self) -> broadcast::Receiver<InboxEvent> {
         self.tx.subscribe()
+    }
+
+    /// Says the service is shutting down.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Completes once [`close`](Self::close) has been called.
+    pub async fn closed(&self) {
+        self.closing.cancelled().await
     }
 }

@@ -16,8 +16,16 @@
 //!
 //! Hashing: `hash = sha256_hex(prev_hash ‖ canonical_json(entry))`, where the entry is every
 //! column but `prev_hash`/`hash` (JSON columns as parsed values) and canonical JSON sorts object
-//! keys and has no whitespace. The first `prev_hash` is 64 zeros. A signature over the head can
-//! be added later without changing the rows.
+//! keys and has no whitespace. The first `prev_hash` is 64 zeros.
+//!
+//! Signed head: when the store has the service's Ed25519 key attached
+//! ([`Store::with_audit_signer`]; the running service always does), every append also signs
+//! the new head — the message is [`audit_head_message`] (`concierge-audit-head-v1:<seq>:<hash>`),
+//! the signature base64url in `audit_head.signature` next to the `signed_seq`/`signed_hash` it
+//! covers. Writes made without the key (a tool run from a script) move the head without
+//! re-signing; the signed seq then lags, and verification reports how many entries are not yet
+//! covered. Someone who rewrites the table and recomputes every hash cannot re-sign the head
+//! without the key in the data dir, so [`Store::verify_audit_chain`] catches it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
@@ -37,6 +45,8 @@ use crate::commerce::{
     PaymentMethod, Refund, ReturnRequest, Variant,
 };
 use crate::util::sha256_hex;
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 
 /// `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -136,6 +146,43 @@ pub struct AuditVerification {
     pub checked: u64,
     /// The first entry that does not verify, if any.
     pub first_bad: Option<AuditBreak>,
+    /// The entry the service's signature covers (entries after it were written without the
+    /// key); None when the head was never signed.
+    pub signed_seq: Option<i64>,
+}
+
+/// The head of the action log and the service's last signature over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditHead {
+    pub seq: i64,
+    pub hash: String,
+    pub signed_seq: Option<i64>,
+    pub signed_hash: Option<String>,
+    /// Ed25519 over [`audit_head_message`]`(signed_seq, signed_hash)`, base64url.
+    pub signature: Option<String>,
+    pub signed_at: Option<Millis>,
+}
+
+/// The bytes the service signs for a head: `concierge-audit-head-v1:<seq>:<hash>`.
+pub fn audit_head_message(seq: i64, hash: &str) -> Vec<u8> {
+    format!("concierge-audit-head-v1:{seq}:{hash}").into_bytes()
+}
+
+fn sign_head(key: &SigningKey, seq: i64, hash: &str) -> String {
+    let sig = key.sign(&audit_head_message(seq, hash));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.to_bytes())
+}
+
+/// True when `signature` (base64url) is `key`'s signature over the head (`seq`, `hash`).
+pub fn verify_head(key: &VerifyingKey, seq: i64, hash: &str, signature: &str) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature.trim())
+    else {
+        return false;
+    };
+    let Ok(sig) = ed25519_dalek::Signature::from_slice(&bytes) else {
+        return false;
+    };
+    key.verify(&audit_head_message(seq, hash), &sig).is_ok()
 }
 
 impl AuditVerification {
@@ -257,7 +304,8 @@ impl Store {
                     effects: Value::Array(effects),
                     outcome: "applied".into(),
                 };
-                let entry = append(&mut tx, head, request, fields).await?;
+                let entry =
+                    append(&mut tx, head, request, fields, self.audit_signer.as_deref()).await?;
                 Ok((output, entry))
             }
             Err(refusal) => {
@@ -268,7 +316,8 @@ impl Store {
                     effects: Value::Array(Vec::new()),
                     outcome: refusal.to_string(),
                 };
-                let entry = append(&mut tx, head, request, fields).await?;
+                let entry =
+                    append(&mut tx, head, request, fields, self.audit_signer.as_deref()).await?;
                 Err((refusal, entry))
             }
         };
@@ -305,7 +354,10 @@ impl Store {
                     effects: Value::Array(effects),
                     outcome: "applied".into(),
                 };
-                Ok((output, append(&mut tx, head, request, fields).await?))
+                Ok((
+                    output,
+                    append(&mut tx, head, request, fields, self.audit_signer.as_deref()).await?,
+                ))
             }
             Err(refusal) => {
                 let fields = EntryFields {
@@ -315,7 +367,10 @@ impl Store {
                     effects: Value::Array(Vec::new()),
                     outcome: refusal.to_string(),
                 };
-                Err((refusal, append(&mut tx, head, request, fields).await?))
+                Err((
+                    refusal,
+                    append(&mut tx, head, request, fields, self.audit_signer.as_deref()).await?,
+                ))
             }
         };
         tx.commit().await?;
@@ -339,7 +394,7 @@ impl Store {
             effects: Value::Array(Vec::new()),
             outcome: outcome.to_string(),
         };
-        let entry = append(&mut tx, head, request, fields).await?;
+        let entry = append(&mut tx, head, request, fields, self.audit_signer.as_deref()).await?;
         tx.commit().await?;
         Ok(entry)
     }
@@ -366,9 +421,56 @@ impl Store {
     /// Recomputes the chain from the first entry: every `seq` follows the previous one, every
     /// `prev_hash` is the previous `hash`, every `hash` matches the entry, and the head row
     /// points at the last entry. Names the first entry that fails. A row whose JSON no longer
-    /// parses counts as tampered.
+    /// parses counts as tampered. With the service key attached, the head's signature must
+    /// verify with it and cover an entry of this chain (see [`Store::verify_audit_chain_with`]).
     pub async fn verify_audit_chain(&self) -> StoreResult<AuditVerification> {
+        let key = self.audit_signer.as_deref().map(SigningKey::verifying_key);
+        self.verify_audit_chain_with(key.as_ref()).await
+    }
+
+    /// [`Store::verify_audit_chain`] checking the signed head against `key` (None: the
+    /// signature is not checked, only that the signed hash belongs to the chain).
+    pub async fn verify_audit_chain_with(
+        &self,
+        key: Option<&VerifyingKey>,
+    ) -> StoreResult<AuditVerification> {
         const PAGE: i64 = 500;
+        let head = self.audit_head().await?;
+        // The signed point, and whether its signature holds (checked when the walk gets there,
+        // so an earlier break is named first).
+        let signed = match (head.signed_seq, &head.signed_hash, &head.signature) {
+            (Some(seq), Some(hash), Some(sig)) => {
+                let valid = match key {
+                    Some(k) => verify_head(k, seq, hash, sig),
+                    None => true,
+                };
+                Some((seq, hash.clone(), valid))
+            }
+            _ => None,
+        };
+        let signed_seq = signed.as_ref().map(|(s, _, _)| *s);
+        let signature_problem = |seq: i64| {
+            format!(
+                "the signature over the head at entry {seq} does not verify with the service \
+                 key: the head was forged or signed with another key"
+            )
+        };
+        if let Some((0, hash, valid)) = &signed {
+            let problem = if !valid {
+                Some(signature_problem(0))
+            } else if hash != GENESIS_HASH {
+                Some("the signed head names an empty log with a non-empty hash".to_string())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Ok(AuditVerification {
+                    checked: 0,
+                    first_bad: Some(AuditBreak { seq: 0, problem }),
+                    signed_seq,
+                });
+            }
+        }
         let mut prev_hash = GENESIS_HASH.to_string();
         let mut prev_seq = 0i64;
         let mut checked = 0u64;
@@ -386,6 +488,7 @@ impl Store {
                 let bad = |problem: String| AuditVerification {
                     checked,
                     first_bad: Some(AuditBreak { seq, problem }),
+                    signed_seq,
                 };
                 if seq != prev_seq + 1 {
                     return Ok(bad(format!(
@@ -411,33 +514,110 @@ impl Store {
                         "hash does not match the entry: its content was changed".into(),
                     ));
                 }
+                if let Some((s, hash, valid)) = &signed
+                    && *s == seq
+                {
+                    if !valid {
+                        return Ok(bad(signature_problem(seq)));
+                    }
+                    if *hash != entry.hash {
+                        return Ok(bad(
+                            "its hash is not the one the service signed: the log up to here \
+                             was rewritten and re-hashed"
+                                .into(),
+                        ));
+                    }
+                }
                 prev_hash = entry.hash;
                 prev_seq = seq;
                 checked += 1;
             }
         }
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        if let Some(head) = head {
-            let (head_seq, head_hash) = (get_i64(&head, "seq")?, get_str(&head, "hash")?);
-            if head_seq != prev_seq || head_hash != prev_hash {
-                return Ok(AuditVerification {
-                    checked,
-                    first_bad: Some(AuditBreak {
-                        seq: prev_seq + 1,
-                        problem: format!(
-                            "the log ends at entry {prev_seq} but its head says {head_seq}: \
-                             entries were removed"
-                        ),
-                    }),
-                });
-            }
+        let removed = |problem: String| AuditVerification {
+            checked,
+            first_bad: Some(AuditBreak {
+                seq: prev_seq + 1,
+                problem,
+            }),
+            signed_seq,
+        };
+        if head.seq != prev_seq || head.hash != prev_hash {
+            return Ok(removed(format!(
+                "the log ends at entry {prev_seq} but its head says {}: entries were removed",
+                head.seq
+            )));
+        }
+        if let Some(s) = signed_seq
+            && s > prev_seq
+        {
+            return Ok(removed(format!(
+                "the log ends at entry {prev_seq} but the service signed a head at entry {s}: \
+                 entries were removed"
+            )));
         }
         Ok(AuditVerification {
             checked,
             first_bad: None,
+            signed_seq,
         })
+    }
+
+    /// Attaches the service's key: from now on every audited write signs the new head.
+    pub fn with_audit_signer(mut self, key: SigningKey) -> Store {
+        self.audit_signer = Some(std::sync::Arc::new(key));
+        self
+    }
+
+    /// The service key attached with [`Store::with_audit_signer`].
+    pub fn audit_signer(&self) -> Option<&SigningKey> {
+        self.audit_signer.as_deref()
+    }
+
+    /// The log's head and the last signature over it.
+    pub async fn audit_head(&self) -> StoreResult<AuditHead> {
+        let row = sqlx::query(
+            "SELECT seq, hash, signed_seq, signed_hash, signature, signed_at FROM audit_head WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "audit_head".into(),
+            message: "the head row is missing".into(),
+        })?;
+        Ok(AuditHead {
+            seq: get_i64(&row, "seq")?,
+            hash: get_str(&row, "hash")?,
+            signed_seq: get_opt_i64(&row, "signed_seq")?,
+            signed_hash: get_opt_str(&row, "signed_hash")?,
+            signature: get_opt_str(&row, "signature")?,
+            signed_at: get_opt_i64(&row, "signed_at")?,
+        })
+    }
+
+    /// Signs the current head with the attached key when it is not signed yet (writes made
+    /// without the key leave it unsigned); returns the head as it now stands.
+    pub async fn sign_audit_head(&self) -> StoreResult<AuditHead> {
+        let head = self.audit_head().await?;
+        let Some(key) = self.audit_signer.as_deref() else {
+            return Ok(head);
+        };
+        if head.signed_seq == Some(head.seq) && head.signed_hash.as_deref() == Some(&head.hash) {
+            return Ok(head);
+        }
+        let signature = sign_head(key, head.seq, &head.hash);
+        let now = crate::util::now_ms();
+        // Only if the head did not move meanwhile (else that append signed it).
+        sqlx::query(
+            "UPDATE audit_head SET signed_seq = seq, signed_hash = hash, signature = $3, \
+               signed_at = $4 WHERE id = 1 AND seq = $1 AND hash = $2",
+        )
+        .bind(head.seq)
+        .bind(head.hash.as_str())
+        .bind(signature)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.audit_head().await
     }
 }
 
@@ -478,6 +658,7 @@ async fn append(
     head: Head,
     request: &ActionRequest,
     fields: EntryFields,
+    signer: Option<&SigningKey>,
 ) -> StoreResult<AuditEntry> {
     let mut entry = AuditEntry {
         seq: head.seq,
@@ -517,10 +698,29 @@ async fn append(
     .bind(entry.hash.as_str())
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(entry.hash.as_str())
-        .execute(&mut *conn)
-        .await?;
+    match signer {
+        // One Ed25519 signature (tens of microseconds) inside the transaction: the head is
+        // signed exactly when it moves, by whoever holds the service key.
+        Some(key) => {
+            let signature = sign_head(key, entry.seq, &entry.hash);
+            sqlx::query(
+                "UPDATE audit_head SET hash = $1, signed_seq = $2, signed_hash = $1, \
+                   signature = $3, signed_at = $4 WHERE id = 1",
+            )
+            .bind(entry.hash.as_str())
+            .bind(entry.seq)
+            .bind(signature)
+            .bind(crate::util::now_ms())
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                .bind(entry.hash.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
     Ok(entry)
 }
 

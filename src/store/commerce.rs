@@ -198,7 +198,7 @@ impl Store {
     async fn complete_order(&self, row: &AnyRow) -> StoreResult<Order> {
         let mut order = order_from_row(row)?;
         let mut conn = self.pool.acquire().await?;
-        load_order_lines(&mut conn, &mut order).await?;
+        super::fast::load_order_lines(&mut conn, &mut order).await?;
         Ok(order)
     }
 

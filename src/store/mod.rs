@@ -8,10 +8,13 @@
 //! This module holds no business rules: callers decide what may be written.
 
 mod actions;
+mod agents;
 mod commerce;
+mod fast;
 mod inbox;
 mod jobs;
 mod outbox;
+mod staff;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -21,8 +24,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use actions::{
-    ActionRequest, AuditBreak, AuditEntry, AuditVerification, Audited, GENESIS_HASH, OrderDraft,
-    canonical_json,
+    ActionRequest, AuditBreak, AuditEntry, AuditHead, AuditVerification, Audited, GENESIS_HASH,
+    OrderDraft, audit_head_message, canonical_json, verify_head,
+};
+pub use agents::{
+    AgentKeyRecord, AgentRecord, DelegationCode, IdempotencyClaim, KeyLookup, NewDelegationCode,
+    TokenRecord,
 };
 pub use commerce::{ImportCounts, StoreCounts};
 pub use inbox::{
@@ -31,6 +38,7 @@ pub use inbox::{
 };
 pub use jobs::{Job, JobStatus};
 pub use outbox::{Delivery, JOB_DELIVER};
+pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -84,6 +92,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The service's Ed25519 key, when attached: audited writes sign the log's head with it.
+    audit_signer: Option<std::sync::Arc<ed25519_dalek::SigningKey>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -147,7 +157,11 @@ impl Store {
             });
         }
         let pool = pool.connect_with(options).await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            audit_signer: None,
+        };
         store.migrate().await?;
         Ok(store)
     }
