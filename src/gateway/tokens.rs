@@ -389,12 +389,85 @@ fn unauth(code: &'static str, message: impl Into<String>) -> GatewayError {
 
 /// Verifies a bearer token: signed by the service key, not revoked, not expired, issued here.
 /// The grant lists what the token (with its attenuations) still allows.
+///
+/// A token's content never changes, so what its signatures and Datalog say is computed once and
+/// kept in memory ([`VerifiedTokens`]); revocation and expiry are checked on every call.
 pub async fn verify(
     store: &Store,
     key: &SigningKey,
     token: &str,
     now: Millis,
 ) -> Result<Grant, GatewayError> {
+    let cache_key = VerifiedTokens::key(key, token);
+    if let Some((grant, ids)) = VERIFIED.get(&cache_key) {
+        if store
+            .any_token_revoked(&ids)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?
+        {
+            return Err(unauth("token_revoked", "this capability token was revoked"));
+        }
+        if grant.expires_at <= now {
+            return Err(expired(grant.expires_at));
+        }
+        return Ok(grant);
+    }
+    let (grant, ids) = verify_uncached(store, key, token, now).await?;
+    VERIFIED.put(cache_key, &grant, ids);
+    Ok(grant)
+}
+
+fn expired(at: Millis) -> GatewayError {
+    unauth(
+        "token_expired",
+        format!(
+            "this capability token expired at {}; ask the customer to delegate again",
+            crate::util::rfc3339(at)
+        ),
+    )
+}
+
+/// Tokens whose signatures and facts were verified, by hash of (service key, token). Bounded:
+/// emptied when full, so it costs at most a re-verification.
+struct VerifiedTokens(std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>);
+
+/// A verified token's grant and the revocation ids of its blocks.
+type Verified = (Grant, Vec<String>);
+
+const VERIFIED_MAX: usize = 10_000;
+
+static VERIFIED: std::sync::LazyLock<VerifiedTokens> =
+    std::sync::LazyLock::new(|| VerifiedTokens(Default::default()));
+
+impl VerifiedTokens {
+    fn key(service: &SigningKey, token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(service.verifying_key().as_bytes());
+        h.update(token.trim().as_bytes());
+        h.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<(Grant, Vec<String>)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).cloned()
+    }
+
+    fn put(&self, key: [u8; 32], grant: &Grant, ids: Vec<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= VERIFIED_MAX {
+            map.clear();
+        }
+        map.insert(key, (grant.clone(), ids));
+    }
+}
+
+async fn verify_uncached(
+    store: &Store,
+    key: &SigningKey,
+    token: &str,
+    now: Millis,
+) -> Result<(Grant, Vec<String>), GatewayError> {
     let root = root_public_key(key)?;
     let biscuit = Biscuit::from_base64(token.trim(), root).map_err(|e| {
         unauth(
@@ -463,13 +536,7 @@ pub async fn verify(
         .unwrap_or(record.expires_at)
         .min(record.expires_at);
     if expires_at <= now {
-        return Err(unauth(
-            "token_expired",
-            format!(
-                "this capability token expired at {}; ask the customer to delegate again",
-                crate::util::rfc3339(expires_at)
-            ),
-        ));
+        return Err(expired(expires_at));
     }
     let biscuit = Arc::new(biscuit);
     // Operations still allowed after every attenuation: probe each one (a token without
@@ -493,7 +560,7 @@ pub async fn verify(
                 .is_ok()
         })
         .collect();
-    Ok(Grant {
+    let grant = Grant {
         token_id,
         agent_id,
         customer_id,
@@ -503,7 +570,8 @@ pub async fn verify(
         expires_at,
         escalate_over_limit: record.over_limit == "escalate",
         token: Some(biscuit),
-    })
+    };
+    Ok((grant, ids))
 }
 
 /// Revokes a token (as staff; recorded in the action log): `token_or_id` is the token itself (its own revocation id is revoked, so an
