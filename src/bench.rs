@@ -538,6 +538,23 @@ where
     let server = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
+    let driven = drive_addr(addr, concurrency, total, request).await;
+    let _ = tx.send(());
+    server.await??;
+    driven
+}
+
+/// Sends `total` requests to a server already listening on `addr`, over `concurrency`
+/// keep-alive connections, as [`drive`] does.
+pub(crate) async fn drive_addr<F>(
+    addr: std::net::SocketAddr,
+    concurrency: usize,
+    total: usize,
+    request: F,
+) -> anyhow::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize, usize, usize) -> anyhow::Result<String> + Send + Sync + 'static,
+{
     let request = std::sync::Arc::new(request);
     let conns = concurrency.max(1);
     let per_conn = total.div_ceil(conns);
@@ -553,7 +570,7 @@ where
                 let t = Instant::now();
                 let status = conn.exchange(req.as_bytes()).await?;
                 times.push(t.elapsed());
-                anyhow::ensure!(status == 200, "the server answered {status}");
+                anyhow::ensure!(status == 200, "the server answered {status} to:\n{req}");
             }
             anyhow::Ok(times)
         }));
@@ -562,10 +579,7 @@ where
     for t in tasks {
         all.extend(t.await??);
     }
-    let wall = started.elapsed();
-    let _ = tx.send(());
-    server.await??;
-    Ok((all, wall))
+    Ok((all, started.elapsed()))
 }
 
 fn get_request(path: &str, bearer: &str) -> String {

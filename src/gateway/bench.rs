@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::app::Application;
-use crate::bench::{HttpConn, percentile};
+use crate::bench::{drive_addr, percentile};
 use crate::config::Config;
 use crate::gateway::{identity, tokens};
 use crate::import::{self, ImportKind};
@@ -158,7 +158,7 @@ pub async fn run(path: &Path, requests: usize, concurrency: usize) -> anyhow::Re
         for (conns, total) in [(1, unloaded), (concurrency, requests)] {
             let s = signer.clone();
             let (mut times, wall) =
-                drive_addr(target, conns, total, move |c, i| build(&s, c, i)).await?;
+                drive_addr(target, conns, total, move |c, i, _| Ok(build(&s, c, i))).await?;
             println!(
                 "  {name}, {conns} conn: p50 {:.3} ms, p99 {:.3} ms, {:.0} requests/s",
                 ms(percentile(&mut times, 50.0)),
@@ -346,44 +346,6 @@ fn product_request(s: &Signer, _: usize, _: usize) -> String {
 
 fn bare_request(_: &Signer, _: usize, _: usize) -> String {
     "GET /status HTTP/1.1\r\nHost: bench\r\n\r\n".to_string()
-}
-
-/// Sends `total` requests over `concurrency` keep-alive connections to `addr`; returns each
-/// latency and the wall time. An answer other than 200 is an error.
-async fn drive_addr<F>(
-    addr: SocketAddr,
-    concurrency: usize,
-    total: usize,
-    request: F,
-) -> anyhow::Result<(Vec<Duration>, Duration)>
-where
-    F: Fn(usize, usize) -> String + Send + Sync + 'static,
-{
-    let request = Arc::new(request);
-    let conns = concurrency.max(1);
-    let per_conn = total.div_ceil(conns);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let request = request.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = HttpConn::connect(addr).await?;
-            let mut times = Vec::with_capacity(per_conn);
-            for i in 0..per_conn {
-                let req = request(c, i);
-                let t = Instant::now();
-                let status = conn.exchange(req.as_bytes()).await?;
-                times.push(t.elapsed());
-                anyhow::ensure!(status == 200, "the server answered {status} to:\n{req}");
-            }
-            anyhow::Ok(times)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    Ok((all, started.elapsed()))
 }
 
 fn ms(d: Duration) -> f64 {
