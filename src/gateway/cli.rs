@@ -395,7 +395,7 @@ pub async fn run(config_file: Option<&Path>, command: AgentsCommand) -> anyhow::
             let store = open(config_file, data_dir).await?;
             let result = async {
                 let key = service_key(&store)?;
-                tokens::revoke(&store, key, &token, now_ms())
+                tokens::revoke(&store, key, &token, "cli", now_ms())
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))
             }

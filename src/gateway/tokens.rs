@@ -574,13 +574,15 @@ async fn verify_uncached(
     Ok((grant, ids))
 }
 
-/// Revokes a token (as staff; recorded in the action log): `token_or_id` is the token itself (its own revocation id is revoked, so an
-/// attenuated token is revoked without its parent) or a root token's id. Returns the id revoked,
-/// or None when there is no such token.
+/// Revokes a token as staff member `by` (a staff id, or "cli"; recorded in the action log):
+/// `token_or_id` is the token itself (its own revocation id is revoked, so an attenuated token
+/// is revoked without its parent) or a root token's id. Returns the id revoked, or None when
+/// there is no such token.
 pub async fn revoke(
     store: &Store,
     key: &SigningKey,
     token_or_id: &str,
+    by: &str,
     now: Millis,
 ) -> Result<Option<String>, GatewayError> {
     let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
@@ -620,7 +622,7 @@ pub async fn revoke(
             serde_json::json!({"token_id": root_id, "revocation_id": revocation_id}),
             now,
         )
-        .by("staff", Some("cli"))
+        .by("staff", Some(by))
         .for_customer(customer.as_ref().map(|t| t.customer_id.as_str()));
         store
             .record_action(&request, None, "recorded")

@@ -571,6 +571,33 @@ pub async fn update_staff(
     Ok(Redirect::to("/inbox/staff").into_response())
 }
 
+/// Revokes a consumer agent's capability token (and every token narrowed from it) as the
+/// signed-in staff member; recorded in the action log.
+pub async fn revoke_token(
+    State(web): State<WebState>,
+    Path(id): Path<String>,
+    post: Post,
+) -> Result<Response, WebError> {
+    let store = &web.app.store;
+    let key =
+        crate::gateway::service_key(&web.app).map_err(|e| WebError::Internal(e.to_string()))?;
+    let notice = match crate::gateway::tokens::revoke(
+        store,
+        key,
+        &id,
+        post.auth.staff_id(),
+        crate::util::now_ms(),
+    )
+    .await
+    {
+        Ok(Some(_)) => "Token revoked: the agent can no longer act with it.".to_string(),
+        Ok(None) => format!("error:There is no token {id}."),
+        Err(e) => format!("error:Token not revoked: {e}"),
+    };
+    post.auth.flash(&web, &notice).await?;
+    Ok(Redirect::to("/inbox/agents").into_response())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -48,6 +48,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("timeline_item", include_str!("templates/timeline_item.hbs")),
     ("order", include_str!("templates/order.hbs")),
     ("staff", include_str!("templates/staff.hbs")),
+    ("agents", include_str!("templates/agents.hbs")),
 ];
 
 /// What every inbox handler runs with.
@@ -127,6 +128,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/inbox/c/{id}/order", post(actions::order))
         .route("/inbox/staff", get(views::staff).post(actions::add_staff))
         .route("/inbox/staff/{id}", post(actions::update_staff))
+        .route("/inbox/agents", get(views::agents))
+        .route(
+            "/inbox/agents/tokens/{id}/revoke",
+            post(actions::revoke_token),
+        )
         .route("/inbox/events", get(live::events))
         .route("/inbox/assets/inbox.css", get(|| asset(CSS, "text/css")))
         .route(

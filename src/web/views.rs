@@ -732,3 +732,59 @@ pub async fn staff(State(web): State<WebState>, auth: StaffAuth) -> Result<Respo
     data.insert("sla_minutes".into(), json!(sla_minutes(&web).await));
     web.page("staff", &data)
 }
+
+/// Consumer agents and the capability tokens customers granted them, newest first; any staff
+/// member may revoke a token here.
+pub async fn agents(State(web): State<WebState>, auth: StaffAuth) -> Result<Response, WebError> {
+    let store = &web.app.store;
+    let agents = store.list_agents().await?;
+    let names: HashMap<&str, &str> = agents
+        .iter()
+        .map(|a| (a.id.as_str(), a.name.as_str()))
+        .collect();
+    let now = now_ms();
+    let mut customers: HashMap<String, String> = HashMap::new();
+    let mut rows = Vec::new();
+    for t in store.list_tokens(None).await?.iter().take(200) {
+        if !customers.contains_key(&t.customer_id) {
+            let label = match store.get_customer(&t.customer_id).await? {
+                Some(c) => match c.emails.first() {
+                    Some(e) => format!("{} <{e}>", c.full_name()),
+                    None => c.full_name(),
+                },
+                None => t.customer_id.clone(),
+            };
+            customers.insert(t.customer_id.clone(), label);
+        }
+        rows.push(json!({
+            "id": t.id,
+            "agent": names.get(t.agent_id.as_str()).copied().unwrap_or(t.agent_id.as_str()),
+            "customer": customers.get(&t.customer_id),
+            "ops": t.ops.join(", "),
+            "limit": t.spend_limit.map_or_else(|| "no limit".to_string(), |l| format_money(l, "USD")),
+            "spent": format_money(t.spent, "USD"),
+            "issued": when(t.issued_at),
+            "via": t.issued_via,
+            "expires": when(t.expires_at),
+            "expired": t.expires_at <= now,
+            "revoked": t.revoked_at.map(when),
+        }));
+    }
+    let mut data = layout(&web, &auth, "Consumer agents", "agents").await?;
+    data.insert("tokens".into(), json!(rows));
+    data.insert(
+        "agents".into(),
+        json!(
+            agents
+                .iter()
+                .map(|a| json!({
+                    "name": a.name,
+                    "keys": a.keys.iter().filter(|k| k.revoked_at.is_none()).count(),
+                    "since": when(a.created_at),
+                    "revoked": a.revoked_at.is_some(),
+                }))
+                .collect::<Vec<_>>()
+        ),
+    );
+    web.page("agents", &data)
+}

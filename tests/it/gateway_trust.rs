@@ -709,6 +709,7 @@ async fn an_attenuated_token_is_narrower_than_its_parent() {
         app.store(),
         &service_key(&app),
         &child,
+        "cli",
         concierge::util::now_ms(),
     )
     .await
@@ -739,6 +740,7 @@ async fn an_attenuated_token_is_narrower_than_its_parent() {
         app.store(),
         &service_key(&app),
         &parent,
+        "cli",
         concierge::util::now_ms(),
     )
     .await

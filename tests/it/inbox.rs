@@ -932,3 +932,79 @@ async fn staff_order_actions_go_through_the_tool_layer() {
     assert!(log[1].outcome.starts_with("refused"), "{}", log[1].outcome);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_revoke_a_consumer_agents_token() {
+    use concierge::gateway::{GatewayError, identity, tokens};
+    let app = TestApp::spawn().await;
+    app.import_tau().await;
+    let ana_id = add_staff(&app, "ana@example.com", "agent").await;
+    let key = identity::generate_key();
+    let public = key.verifying_key();
+    let now = concierge::util::now_ms();
+    app.store()
+        .register_agent_key(
+            "shopper-bot",
+            &identity::key_id(&public),
+            &identity::encode_public_key(&public),
+            now,
+        )
+        .await
+        .unwrap();
+    let agent = app.store().list_agents().await.unwrap().remove(0);
+    let service = app.store().audit_signer().expect("service key").clone();
+    let (token, record) = tokens::issue(
+        app.store(),
+        &service,
+        &tokens::TokenSpec {
+            agent_id: agent.id.clone(),
+            customer_id: "sofia_rossi_8776".into(),
+            ops: vec!["get_order".into(), "return_items".into()],
+            spend_limit: Some(25_000),
+            categories: vec![],
+            expires_at: now + 3_600_000,
+            escalate_over_limit: false,
+        },
+        "cli",
+        now,
+    )
+    .await
+    .unwrap();
+    tokens::verify(app.store(), &service, &token, now)
+        .await
+        .expect("a fresh token verifies");
+
+    let ana = login(&app, "ana@example.com").await;
+    let (status, page) = ana.get("/inbox/agents").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&record.id), "the token is listed: {page}");
+    assert!(page.contains("shopper-bot") && page.contains("Sofia Rossi"));
+    assert!(page.contains("get_order, return_items") && page.contains("$250.00"));
+    let path = format!("/inbox/agents/tokens/{}/revoke", record.id);
+    // Without the CSRF token nothing happens.
+    let (status, _) = ana.post_raw(&path, &[]).await;
+    assert_eq!(status, 403);
+    tokens::verify(app.store(), &service, &token, now)
+        .await
+        .expect("still valid after a refused POST");
+    let (status, location) = ana.post(&path, &[]).await;
+    assert_eq!((status, location.as_str()), (303, "/inbox/agents"));
+    match tokens::verify(app.store(), &service, &token, concierge::util::now_ms()).await {
+        Err(GatewayError::Unauthenticated { code, .. }) => assert_eq!(code, "token_revoked"),
+        other => panic!("a revoked token must be refused, got {other:?}"),
+    }
+    let (_, page) = ana.get("/inbox/agents").await;
+    assert!(page.contains("Token revoked"), "{page}");
+    assert!(page.contains("revoked 20"), "the row shows when: {page}");
+    // The action log names the staff member.
+    let report = app.store().verify_audit_chain().await.unwrap();
+    assert!(report.first_bad.is_none());
+    let mut conn = app.store().pool().acquire().await.unwrap();
+    let row: (String, Option<String>) = sqlx::query_as(
+        "SELECT actor_kind, actor_id FROM audit_log WHERE tool = 'revoke_token' ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(row, ("staff".to_string(), Some(ana_id)));
+}
