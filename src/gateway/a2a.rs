@@ -128,7 +128,12 @@ pub fn agent_card(state: &AppState, base: &str) -> Value {
         ],
         "provider": {"organization": brand, "url": base},
         "documentationUrl": format!("{base}/openapi.json"),
-        "capabilities": {"streaming": true, "pushNotifications": false, "extendedAgentCard": false},
+        "capabilities": {
+            "streaming": true,
+            "pushNotifications": false,
+            "extendedAgentCard": false,
+            "extensions": service_key_extension(state, base),
+        },
         "securitySchemes": {
             "agentSignature": {"apiKeySecurityScheme": {
                 "location": "header", "name": "Signature",
@@ -172,6 +177,27 @@ pub fn agent_card(state: &AppState, base: &str) -> Value {
         "preferredTransport": "JSONRPC",
         "protocolVersion": "0.3.0",
     })
+}
+
+/// The service's Ed25519 public key, which signs the capability tokens customers grant and the
+/// action log's head: an agent (or an auditor) checks both with it.
+fn service_key_extension(state: &AppState, base: &str) -> Value {
+    use base64::Engine;
+    match super::service_key(state) {
+        Ok(key) => json!([{
+            "uri": "urn:concierge:extension:service-key:v1",
+            "description": "The Ed25519 key this service signs capability tokens (Biscuit root \
+                            key) and the audit log's head with.",
+            "required": false,
+            "params": {
+                "algorithm": "ed25519",
+                "publicKey": base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(key.verifying_key().as_bytes()),
+                "auditHead": format!("{base}/agent/v1/audit/head"),
+            }
+        }]),
+        Err(_) => json!([]),
+    }
 }
 
 // ---- JSON-RPC ----

@@ -76,6 +76,18 @@ async fn agent_card_lists_interfaces_and_skills() {
     // Customer skills declare the signature and token; public ones do not.
     assert!(card["skills"][0]["securityRequirements"].is_array());
     assert!(card["skills"][1].get("securityRequirements").is_none());
+    // The service key that signs tokens and the audit head is published, and is the one in use.
+    let ext = &card["capabilities"]["extensions"][0];
+    assert_eq!(ext["uri"], "urn:concierge:extension:service-key:v1");
+    let (status, head) = get(&app, "/agent/v1/audit/head").await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(ext["params"]["publicKey"], head["public_key"]);
+    assert_eq!(ext["params"]["auditHead"], app.url("/agent/v1/audit/head"));
+    assert_eq!(
+        ext["params"]["publicKey"].as_str().unwrap().len(),
+        43,
+        "32 bytes, base64url without padding"
+    );
     app.stop().await;
 }
 
