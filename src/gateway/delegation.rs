@@ -249,13 +249,7 @@ async fn verify_order_email(
 ) -> Result<Option<String>, GatewayError> {
     let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
     let store = &state.store;
-    let order = match store.get_order(order_ref).await.map_err(internal)? {
-        Some(o) => Some(o),
-        None => store
-            .get_order_by_number(order_ref)
-            .await
-            .map_err(internal)?,
-    };
+    let order = store.find_order(order_ref).await.map_err(internal)?;
     let Some(order) = order else { return Ok(None) };
     let Some(customer_id) = order.customer_id.clone() else {
         return Ok(None);

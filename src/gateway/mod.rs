@@ -215,13 +215,7 @@ async fn weigh(
         _ => return Ok(CallWeight::default()),
     };
     let store = &state.store;
-    let order = match store.get_order(order_ref.trim()).await.map_err(internal)? {
-        Some(o) => Some(o),
-        None => store
-            .get_order_by_number(order_ref)
-            .await
-            .map_err(internal)?,
-    };
+    let order = store.find_order(order_ref).await.map_err(internal)?;
     let Some(order) = order.filter(|o| o.customer_id.as_deref() == Some(&grant.customer_id)) else {
         return Ok(CallWeight::default());
     };

@@ -494,29 +494,28 @@ async fn verify_uncached(
             "this capability token is not on record here",
         ));
     };
+    let invalid = |e: biscuit_auth::error::Token| unauth("token_invalid", e.to_string());
     // What the authority block says, and the narrowest limit and expiry of every block.
     let mut authorizer = AuthorizerBuilder::new()
         .set_limits(limits())
         .build(&biscuit)
-        .map_err(|e| unauth("token_invalid", e.to_string()))?;
+        .map_err(invalid)?;
     let customer: Vec<(String,)> = authorizer
         .query("data($c) <- customer($c)")
-        .map_err(|e| unauth("token_invalid", e.to_string()))?;
-    let agent: Vec<(String,)> = authorizer
-        .query("data($a) <- agent($a)")
-        .map_err(|e| unauth("token_invalid", e.to_string()))?;
+        .map_err(invalid)?;
+    let agent: Vec<(String,)> = authorizer.query("data($a) <- agent($a)").map_err(invalid)?;
     let ops: Vec<(String,)> = authorizer
         .query("data($o) <- operation_allowed($o)")
-        .map_err(|e| unauth("token_invalid", e.to_string()))?;
+        .map_err(invalid)?;
     let categories: Vec<(String,)> = authorizer
         .query("data($c) <- category_allowed($c)")
-        .map_err(|e| unauth("token_invalid", e.to_string()))?;
+        .map_err(invalid)?;
     let limits_all: Vec<(i64,)> = authorizer
         .query_all("data($l) <- spend_limit($l)")
-        .map_err(|e| unauth("token_invalid", e.to_string()))?;
+        .map_err(invalid)?;
     let expiries: Vec<(SystemTime,)> = authorizer
         .query_all("data($t) <- expires($t)")
-        .map_err(|e| unauth("token_invalid", e.to_string()))?;
+        .map_err(invalid)?;
     let (Some((customer_id,)), Some((agent_id,))) =
         (customer.into_iter().next(), agent.into_iter().next())
     else {

@@ -154,6 +154,15 @@ impl Store {
         }
     }
 
+    /// An order as a shopper, an agent or staff refer to it: its id, else its number
+    /// ("#W0000000", "W0000000", "1001").
+    pub async fn find_order(&self, order_ref: &str) -> StoreResult<Option<Order>> {
+        match self.get_order(order_ref.trim()).await? {
+            Some(o) => Ok(Some(o)),
+            None => self.get_order_by_number(order_ref).await,
+        }
+    }
+
     pub async fn get_order(&self, id: &str) -> StoreResult<Option<Order>> {
         let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
             .bind(id)

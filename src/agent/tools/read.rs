@@ -19,10 +19,7 @@ pub(super) async fn visible_order(
     if !ctx.actor.is_staff() && ctx.customer_id.is_none() {
         return Err(ToolError::not_verified());
     }
-    let found = match ctx.store.get_order(order_ref.trim()).await? {
-        Some(o) => Some(o),
-        None => ctx.store.get_order_by_number(order_ref).await?,
-    };
+    let found = ctx.store.find_order(order_ref).await?;
     match (found, ctx.customer_id.as_deref()) {
         (Some(o), _) if ctx.actor.is_staff() => Ok(o),
         (None, _) if ctx.actor.is_staff() => Err(ToolError::new(
