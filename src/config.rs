@@ -30,6 +30,9 @@ pub struct Config {
     pub email: EmailConfig,
     pub telegram: TelegramConfig,
     pub shopify: ShopifyConfig,
+    pub chat: ChatConfig,
+    pub verification: VerificationConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -48,6 +51,9 @@ impl Default for Config {
             email: EmailConfig::default(),
             telegram: TelegramConfig::default(),
             shopify: ShopifyConfig::default(),
+            chat: ChatConfig::default(),
+            verification: VerificationConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -66,6 +72,12 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// How long shutdown waits for in-flight requests and jobs.
     pub shutdown_grace_secs: u64,
+    /// `Host` values accepted when `public_url` is unset (others get 421). Empty: the bind
+    /// address, `localhost` and `127.0.0.1` (with the bind port).
+    pub allowed_hosts: Vec<String>,
+    /// Peers (IP addresses or CIDR ranges) whose `X-Forwarded-For` names the client's address.
+    /// Empty: the connecting address is the client's.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +88,8 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             request_timeout_secs: 30,
             shutdown_grace_secs: 20,
+            allowed_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -225,6 +239,10 @@ pub struct EmailConfig {
     pub max_attempts: i64,
     /// Largest inbound message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// `authserv-id`s of the mail relays whose `Authentication-Results` header is believed
+    /// (RFC 8601). A From address counts as proof only with `dmarc=pass` (or aligned
+    /// `dkim=pass`) from one of them; otherwise it is only a claim.
+    pub trusted_authserv_ids: Vec<String>,
 }
 
 impl Default for EmailConfig {
@@ -235,6 +253,7 @@ impl Default for EmailConfig {
             inbound_secret: None,
             max_attempts: 8,
             max_message_bytes: 25 * 1024 * 1024,
+            trusted_authserv_ids: Vec::new(),
         }
     }
 }
@@ -278,6 +297,59 @@ pub struct ShopifyConfig {
     /// endpoint is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<Secret>,
+}
+
+/// The web chat widget.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Origins (`https://shop.example.com`) whose pages may open `/chat/ws`. Empty: only the
+    /// service's own origin.
+    pub allowed_origins: Vec<String>,
+}
+
+/// How a shopper proves who they are, and how guessing is stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationConfig {
+    /// Days a verified link from a channel identity to a customer lasts.
+    pub link_ttl_days: u32,
+    /// Failed verifications in one conversation within the window before it is locked.
+    pub max_conversation_failures: u32,
+    /// Failed verifications naming one customer (or email) within the window before it is locked.
+    pub max_customer_failures: u32,
+    /// The counting window, in seconds.
+    pub window_secs: u64,
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        VerificationConfig {
+            link_ttl_days: 30,
+            max_conversation_failures: 3,
+            max_customer_failures: 5,
+            window_secs: 3600,
+        }
+    }
+}
+
+/// Rate and concurrency limits on every door. A refusal is 429 with `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute from one client address on public routes.
+    pub public_per_ip_per_minute: u32,
+    /// Requests per minute signed by one agent key on the gateway.
+    pub agent_key_per_minute: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            public_per_ip_per_minute: 600,
+            agent_key_per_minute: 6000,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

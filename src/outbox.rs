@@ -130,6 +130,9 @@ pub async fn agent_reply(state: &AppState, payload: &Value) -> Result<(), String
         sender_email: email.as_deref(),
         sender_verified: false,
         sender_email_is_claim: message.channel == "email",
+        confirms_writes: true,
+        identity_linkable: true,
+        requester: None,
     };
     crate::channels::answer(state, &inbound)
         .await

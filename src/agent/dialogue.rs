@@ -43,6 +43,12 @@ pub struct Turn<'a> {
     pub sender_verified: bool,
     /// The email's From address counts as the customer's email claim.
     pub sender_email_is_claim: bool,
+    /// A "yes" in this message may confirm a pending write (see [`crate::agent::Inbound`]).
+    pub confirms_writes: bool,
+    /// A verification may be remembered on the sender's channel identity.
+    pub identity_linkable: bool,
+    /// `ip:<address>` or `agent:<id>`, when known.
+    pub requester: Option<&'a str>,
     /// The customer an already-verified identity is linked to.
     pub linked_customer: Option<&'a str>,
     pub now: i64,

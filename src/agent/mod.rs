@@ -45,6 +45,15 @@ pub struct Inbound<'a> {
     pub sender_verified: bool,
     /// Email channel: the From address is the customer's email claim.
     pub sender_email_is_claim: bool,
+    /// A "yes" in this message may confirm a pending write. False for an email whose sender is
+    /// not authenticated and that does not answer one of our own outgoing messages.
+    pub confirms_writes: bool,
+    /// A verification made in this conversation may be remembered on the sender's channel
+    /// identity. False for unauthenticated email, group chats and consumer agents' contexts.
+    pub identity_linkable: bool,
+    /// Who is asking beyond the channel identity, for counting failed verifications:
+    /// `ip:<address>` or `agent:<id>`, when known.
+    pub requester: Option<&'a str>,
 }
 
 /// What the agent did with a message.
@@ -184,6 +193,9 @@ impl Agent {
             sender_email: inbound.sender_email,
             sender_verified: inbound.sender_verified,
             sender_email_is_claim: inbound.sender_email_is_claim,
+            confirms_writes: inbound.confirms_writes,
+            identity_linkable: inbound.identity_linkable,
+            requester: inbound.requester,
             linked_customer: linked.as_deref(),
             now: crate::util::now_ms(),
         };

@@ -807,6 +807,9 @@ async fn converse(
         sender_email: None,
         sender_verified: false,
         sender_email_is_claim: false,
+        confirms_writes: true,
+        identity_linkable: true,
+        requester: None,
     };
     let reply = crate::channels::answer(state, &inbound)
         .await

@@ -141,6 +141,9 @@ pub async fn post_message(
             sender_email: msg.sender_email.as_deref(),
             sender_verified: msg.sender_verified,
             sender_email_is_claim: false,
+            confirms_writes: true,
+            identity_linkable: true,
+            requester: None,
         };
         let reply = crate::channels::answer(&state, &inbound)
             .await

@@ -288,6 +288,9 @@ async fn message(
             sender_email: None,
             sender_verified: false,
             sender_email_is_claim: false,
+            confirms_writes: true,
+            identity_linkable: true,
+            requester: None,
         };
         if let Err(e) = super::answer(&state, &inbound).await {
             tracing::error!(error = format!("{e:#}"), conversation = %outcome.conversation_id, "web chat answer failed");
