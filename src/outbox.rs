@@ -133,6 +133,8 @@ pub async fn agent_reply(state: &AppState, payload: &Value) -> Result<(), String
         confirms_writes: true,
         identity_linkable: true,
         requester: None,
+        verify_from_claims: true,
+        vouched_customer: None,
     };
     crate::channels::answer(state, &inbound)
         .await

@@ -49,6 +49,10 @@ pub struct Turn<'a> {
     pub identity_linkable: bool,
     /// `ip:<address>` or `agent:<id>`, when known.
     pub requester: Option<&'a str>,
+    /// Claims written in the message may verify the sender (see [`crate::agent::Inbound`]).
+    pub verify_from_claims: bool,
+    /// The customer a credential on this message proves.
+    pub vouched_customer: Option<&'a str>,
     /// The customer an already-verified identity is linked to.
     pub linked_customer: Option<&'a str>,
     pub now: i64,

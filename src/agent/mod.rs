@@ -54,6 +54,11 @@ pub struct Inbound<'a> {
     /// Who is asking beyond the channel identity, for counting failed verifications:
     /// `ip:<address>` or `agent:<id>`, when known.
     pub requester: Option<&'a str>,
+    /// Claims written in the message (email, order numbers, ZIP, name) may verify the sender.
+    /// False where only a credential may (a consumer agent's text conversation).
+    pub verify_from_claims: bool,
+    /// The customer a credential on this message proves (a consumer agent's capability token).
+    pub vouched_customer: Option<&'a str>,
 }
 
 /// What the agent did with a message.
@@ -196,6 +201,8 @@ impl Agent {
             confirms_writes: inbound.confirms_writes,
             identity_linkable: inbound.identity_linkable,
             requester: inbound.requester,
+            verify_from_claims: inbound.verify_from_claims,
+            vouched_customer: inbound.vouched_customer,
             linked_customer: linked.as_deref(),
             now: crate::util::now_ms(),
         };

@@ -810,6 +810,8 @@ async fn converse(
         confirms_writes: true,
         identity_linkable: true,
         requester: None,
+        verify_from_claims: true,
+        vouched_customer: None,
     };
     let reply = crate::channels::answer(state, &inbound)
         .await

@@ -144,6 +144,8 @@ pub async fn post_message(
             confirms_writes: true,
             identity_linkable: true,
             requester: None,
+            verify_from_claims: true,
+            vouched_customer: None,
         };
         let reply = crate::channels::answer(&state, &inbound)
             .await

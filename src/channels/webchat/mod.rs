@@ -291,6 +291,8 @@ async fn message(
             confirms_writes: true,
             identity_linkable: true,
             requester: None,
+            verify_from_claims: true,
+            vouched_customer: None,
         };
         if let Err(e) = super::answer(&state, &inbound).await {
             tracing::error!(error = format!("{e:#}"), conversation = %outcome.conversation_id, "web chat answer failed");
