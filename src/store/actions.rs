@@ -755,11 +755,6 @@ async fn load_order(conn: &mut AnyConnection, order_ref: &str) -> StoreResult<Op
     if r.is_empty() {
         return Ok(None);
     }
-    let number = if r.starts_with('#') {
-        r.to_uppercase()
-    } else {
-        format!("#{}", r.to_uppercase())
-    };
     let row = match sqlx::query("SELECT * FROM orders WHERE id = $1")
         .bind(r)
         .fetch_optional(&mut *conn)
@@ -767,8 +762,8 @@ async fn load_order(conn: &mut AnyConnection, order_ref: &str) -> StoreResult<Op
     {
         Some(row) => Some(row),
         None => {
-            sqlx::query("SELECT * FROM orders WHERE upper(number) = $1")
-                .bind(number)
+            sqlx::query("SELECT * FROM orders WHERE number_key = $1")
+                .bind(super::commerce::order_number_key(r))
                 .fetch_optional(&mut *conn)
                 .await?
         }

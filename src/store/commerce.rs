@@ -138,14 +138,8 @@ impl Store {
 
     /// An order by what a shopper types: "#W2611340", "W2611340", "w2611340", "1001".
     pub async fn get_order_by_number(&self, number: &str) -> StoreResult<Option<Order>> {
-        let n = number.trim();
-        let with_hash = if n.starts_with('#') {
-            n.to_uppercase()
-        } else {
-            format!("#{}", n.to_uppercase())
-        };
-        let row = sqlx::query("SELECT * FROM orders WHERE upper(number) = $1")
-            .bind(with_hash)
+        let row = sqlx::query("SELECT * FROM orders WHERE number_key = $1")
+            .bind(order_number_key(number))
             .fetch_optional(&self.pool)
             .await?;
         match row {
@@ -600,9 +594,11 @@ async fn put_order(conn: &mut AnyConnection, o: &Order) -> StoreResult<()> {
     }
     sqlx::query(
         "INSERT INTO orders (id, number, source, customer_id, email, status, items_modified, currency, \
-           total_minor, shipping_address, cancel_reason, created_at, updated_at, cancelled_at, position) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-         ON CONFLICT (id) DO UPDATE SET number = excluded.number, source = excluded.source, \
+           total_minor, shipping_address, cancel_reason, created_at, updated_at, cancelled_at, position, \
+           number_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (id) DO UPDATE SET number = excluded.number, number_key = excluded.number_key, \
+           source = excluded.source, \
            customer_id = excluded.customer_id, email = excluded.email, status = excluded.status, \
            items_modified = excluded.items_modified, currency = excluded.currency, \
            total_minor = excluded.total_minor, shipping_address = excluded.shipping_address, \
@@ -626,6 +622,7 @@ async fn put_order(conn: &mut AnyConnection, o: &Order) -> StoreResult<()> {
     .bind(o.updated_at)
     .bind(o.cancelled_at)
     .bind(o.position)
+    .bind(order_number_key(&o.number))
     .execute(&mut *conn)
     .await?;
     for table in [
@@ -949,4 +946,12 @@ pub(super) fn refund_from_row(r: &AnyRow) -> StoreResult<Refund> {
         line_ids: get_json(r, "line_ids")?,
         created_at: get_opt_i64(r, "created_at")?,
     })
+}
+
+/// The indexed form of an order number, as shoppers type it: "#W2611340", "W2611340" and
+/// "w2611340" are one order.
+pub(crate) fn order_number_key(number: &str) -> String {
+    let n = number.trim();
+    let n = n.strip_prefix('#').unwrap_or(n);
+    format!("#{}", n.to_uppercase())
 }
