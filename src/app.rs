@@ -33,6 +33,8 @@ pub struct AppState {
     pub agent: Arc<Agent>,
     pub hub: EventHub,
     pub api_key: Secret,
+    /// Rate and concurrency limits (see [`crate::limits`]).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 pub struct Application {
@@ -55,6 +57,7 @@ impl Application {
         config: Config,
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
+        let limits = Arc::new(crate::limits::Limits::new(&config)?);
         let store = open_store(&config).await?;
         let policy = Policy::load(&config.brand.dir.join("policy.toml"))
             .context("cannot load the brand policy")?;
@@ -103,6 +106,7 @@ impl Application {
                 agent: Arc::new(agent),
                 hub: EventHub::default(),
                 api_key,
+                limits,
             },
         })
     }
@@ -196,6 +200,8 @@ impl Application {
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url().map(Secret::expose);
+    // The data dir holds the database, keys and customers' attachments: owner only.
+    crate::files::secure_data_dir(&config.data_dir, url.is_none())?;
     let store = Store::open(&config.data_dir, url, config.database.max_connections)
         .await
         .with_context(|| match url {
@@ -206,7 +212,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             ),
         })?;
     // The service key signs the audit log's head and roots the agents' capability tokens.
-    Ok(store.with_audit_signer(crate::gateway::identity::service_key(&config.data_dir)?))
+    let key = crate::gateway::identity::service_key(&config.data_dir)?;
+    crate::files::secure_files(&config.data_dir)?;
+    Ok(store.with_audit_signer(key))
 }
 
 pub fn open_index(data_dir: &Path) -> anyhow::Result<SearchIndex> {

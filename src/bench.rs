@@ -217,6 +217,7 @@ async fn bench_lookup(
     let key = "bench-key-0123456789abcdef";
     config.api.key = Some(Secret::new(key));
     config.log.level = "warn".into();
+    config.without_rate_limits();
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     for (_, b) in &batches {
@@ -314,6 +315,7 @@ async fn bench_app(
     config.data_dir = dir.path().join("data");
     config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
     config.log.level = "warn".into();
+    config.without_rate_limits();
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     let mut asks = Vec::new();
@@ -476,6 +478,7 @@ body = '{"text": "{{text}}"}'
     config.data_dir = dir.path().join("data");
     config.brand.channels = channels;
     config.log.level = "warn".into();
+    config.without_rate_limits();
     // The worker would start answering; this measures intake (verify, store, queue).
     config.jobs.poll_interval_ms = 3_600_000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

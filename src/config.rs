@@ -300,12 +300,39 @@ pub struct ShopifyConfig {
 }
 
 /// The web chat widget.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChatConfig {
     /// Origins (`https://shop.example.com`) whose pages may open `/chat/ws`. Empty: only the
     /// service's own origin.
     pub allowed_origins: Vec<String>,
+    /// Who may frame the demo page `/chat` (CSP `frame-ancestors` sources, e.g.
+    /// `"https://shop.example.com"`). Empty: nobody (`'none'`).
+    pub frame_ancestors: Vec<String>,
+    /// Messages per minute on one socket.
+    pub messages_per_minute: u32,
+    /// Messages per minute from one client address, all its sockets together.
+    pub messages_per_minute_per_ip: u32,
+    /// `typing` frames per minute on one socket (more are dropped, and counted).
+    pub typing_per_minute: u32,
+    /// Sockets open at once from one client address.
+    pub sockets_per_ip: u32,
+    /// Most messages a `welcome` (and a catch-up after missed events) sends back: the latest.
+    pub history_limit: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            allowed_origins: Vec::new(),
+            frame_ancestors: Vec::new(),
+            messages_per_minute: 30,
+            messages_per_minute_per_ip: 120,
+            typing_per_minute: 60,
+            sockets_per_ip: 20,
+            history_limit: 200,
+        }
+    }
 }
 
 /// How a shopper proves who they are, and how guessing is stopped.
@@ -341,6 +368,17 @@ pub struct LimitsConfig {
     pub public_per_ip_per_minute: u32,
     /// Requests per minute signed by one agent key on the gateway.
     pub agent_key_per_minute: u32,
+    /// Sign-in attempts for one email in the window before sign-in answers 429 for it (a
+    /// successful sign-in clears the count).
+    pub login_per_email: u32,
+    /// Failed sign-in attempts from one client address in the window.
+    pub login_per_ip: u32,
+    /// The sign-in counting window, in seconds.
+    pub login_window_secs: u64,
+    /// Password checks (Argon2, ~19 MiB each) running at once.
+    pub password_checks: u32,
+    /// Sign-ins waiting for a password check beyond those running; more get 429.
+    pub password_check_queue: u32,
 }
 
 impl Default for LimitsConfig {
@@ -348,6 +386,11 @@ impl Default for LimitsConfig {
         LimitsConfig {
             public_per_ip_per_minute: 600,
             agent_key_per_minute: 6000,
+            login_per_email: 5,
+            login_per_ip: 20,
+            login_window_secs: 900,
+            password_checks: 2,
+            password_check_queue: 8,
         }
     }
 }
@@ -435,12 +478,43 @@ impl Config {
                 "[telegram] mode = \"webhook\" needs webhook_secret (CONCIERGE_TELEGRAM__WEBHOOK_SECRET), which Telegram sends with every update".into(),
             ));
         }
+        for p in &self.server.trusted_proxies {
+            crate::http::client_ip::parse_proxy(p)
+                .map_err(|e| ConfigError::Invalid(format!("[server] trusted_proxies: {e}")))?;
+        }
+        if let Some(bad) = self
+            .chat
+            .frame_ancestors
+            .iter()
+            .find(|s| !crate::http::headers::valid_source(s))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[chat] frame_ancestors: {bad:?} is not one CSP source (an origin such as \"https://shop.example.com\", or 'self')"
+            )));
+        }
+        if self.limits.password_checks == 0 {
+            return Err(ConfigError::Invalid(
+                "[limits] password_checks must be at least 1".into(),
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "[database] max_connections must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Turns off the request-rate and socket limits (`[limits]` public and agent-key rates,
+    /// `[chat]` message, typing and socket limits) — for benchmarks that measure the service
+    /// itself. Sign-in limits stay.
+    pub fn without_rate_limits(&mut self) {
+        self.limits.public_per_ip_per_minute = 0;
+        self.limits.agent_key_per_minute = 0;
+        self.chat.messages_per_minute = 0;
+        self.chat.messages_per_minute_per_ip = 0;
+        self.chat.typing_per_minute = 0;
+        self.chat.sockets_per_ip = 0;
     }
 
     /// The PostgreSQL URL when one is configured (`[database] url`, `database_url`).

@@ -12,6 +12,22 @@ use serde_json::json;
 
 use crate::store::StoreError;
 
+/// Logs an internal failure with its cause chain under a new request id, and returns the id:
+/// the client is shown the id, never the cause (database messages, paths, hosts).
+pub fn log_internal(what: &str, cause: &dyn std::fmt::Display) -> String {
+    let id = crate::util::new_id("req");
+    tracing::error!(request_id = %id, error = %cause, "{what}");
+    id
+}
+
+/// The words a client sees for an internal failure.
+pub fn internal_message(request_id: &str) -> String {
+    format!(
+        "Something went wrong on our side and nothing was changed. Please try again in a moment \
+         (request id {request_id})."
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -72,8 +88,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let message = match &self {
             ApiError::Internal(e) => {
-                tracing::error!(error = format!("{e:#}"), "request failed");
-                "internal error; the cause is in the server log".to_string()
+                internal_message(&log_internal("request failed", &format!("{e:#}")))
             }
             other => other.to_string(),
         };

@@ -88,3 +88,13 @@ pub fn count_llm_fallback(kind: &'static str) {
 pub fn chat_sockets(delta: i64) {
     metrics::gauge!("concierge_chat_sockets").increment(delta as f64);
 }
+
+/// A request, frame or socket refused by a limit (`crate::limits`), by the limit's name.
+pub fn count_limit_refusal(limit: &'static str) {
+    metrics::counter!("concierge_limit_refusals_total", "limit" => limit).increment(1);
+}
+
+/// A sign-in password (Argon2) check done.
+pub fn count_password_check() {
+    metrics::counter!("concierge_password_checks_total").increment(1);
+}

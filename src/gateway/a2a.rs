@@ -225,8 +225,11 @@ impl RpcError {
         RpcError::new(-32001, format!("Task not found: no task {id:?}"))
     }
     fn internal(e: impl std::fmt::Display) -> RpcError {
-        tracing::error!(error = %e, "A2A request failed");
-        RpcError::new(-32603, "Internal error: something went wrong on our side")
+        let id = crate::error::log_internal("A2A request failed", &e);
+        RpcError::new(
+            -32603,
+            format!("Internal error: something went wrong on our side (request id {id})"),
+        )
     }
 }
 
@@ -692,7 +695,7 @@ async fn execute(
                         | ToolErrorCode::InvalidArgument
                         | ToolErrorCode::Internal => TaskState::Failed,
                     },
-                    GatewayError::Internal(_) => TaskState::Failed,
+                    GatewayError::Internal(_) | GatewayError::RateLimited(_) => TaskState::Failed,
                 };
                 let reply = agent_message(
                     task,

@@ -34,6 +34,7 @@ pub async fn run(path: &Path, requests: usize, concurrency: usize) -> anyhow::Re
     config.data_dir = dir.path().join("data");
     config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
     config.log.level = "warn".into();
+    config.without_rate_limits();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = Application::build_with_listener(config, listener).await?;
     let state = app.state().clone();

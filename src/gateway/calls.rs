@@ -170,6 +170,7 @@ pub fn http_error(e: &GatewayError) -> (StatusCode, &'static str) {
         GatewayError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
         GatewayError::Tool(t) => (tool_status(t.code), t.code.as_str()),
         GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        GatewayError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
     }
 }
 
@@ -188,12 +189,9 @@ pub fn tool_status(code: ToolErrorCode) -> StatusCode {
 /// The message shown for a failure: internal details stay in the log.
 pub fn error_message(e: &GatewayError) -> String {
     match e {
-        GatewayError::Internal(detail) => {
-            tracing::error!(error = %detail, "gateway call failed");
-            "Something went wrong on our side and nothing was changed. Please try again in a \
-             moment."
-                .to_string()
-        }
+        GatewayError::Internal(detail) => crate::error::internal_message(
+            &crate::error::log_internal("gateway call failed", detail),
+        ),
         other => other.to_string(),
     }
 }

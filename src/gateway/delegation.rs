@@ -67,12 +67,18 @@ fn gateway_error(e: &GatewayError) -> (StatusCode, Value) {
             t.code.as_str(),
             t.message.clone(),
         ),
+        GatewayError::RateLimited(r) => {
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited", r.message())
+        }
         GatewayError::Internal(detail) => {
-            tracing::error!(error = %detail, "delegation failed");
+            let id = crate::error::log_internal("delegation failed", detail);
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "Something went wrong on our side; nothing was issued. Please try again.".into(),
+                format!(
+                    "Something went wrong on our side; nothing was issued. Please try again \
+                     (request id {id})."
+                ),
             )
         }
     };

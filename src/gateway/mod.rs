@@ -86,6 +86,9 @@ pub enum GatewayError {
     Tool(#[from] ToolError),
     #[error("{0}")]
     Internal(String),
+    /// 429: the agent key's request limit (`[limits] agent_key_per_minute`).
+    #[error("{}", .0.message())]
+    RateLimited(crate::limits::Refusal),
 }
 
 /// Tools anyone may call without a signature or token (catalogue reads).
@@ -144,6 +147,12 @@ pub async fn authenticate(
 ) -> Result<Caller, GatewayError> {
     let now = crate::util::now_ms();
     let agent = identity::verify_request(state, req, now).await?;
+    if let Some(a) = &agent {
+        state
+            .limits
+            .agent_key(&a.key_id)
+            .map_err(GatewayError::RateLimited)?;
+    }
     let Some(token) = bearer(req.headers)? else {
         return Ok(Caller { agent, grant: None });
     };

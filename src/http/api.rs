@@ -45,11 +45,10 @@ impl FromRequestParts<AppState> for ApiKey {
 }
 
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("database unreachable: {e}")))?;
+    state.store.ping().await.map_err(|e| {
+        let id = crate::error::log_internal("health check: the database is unreachable", &e);
+        ApiError::Unavailable(format!("the database is unreachable (request id {id})"))
+    })?;
     Ok(Json(json!({ "status": "ok" })))
 }
 

@@ -3,6 +3,8 @@
 //! as an [`ApiError`] — never a panic, never a 500 for bad input.
 
 mod api;
+pub mod client_ip;
+pub mod headers;
 
 use std::time::Duration;
 
@@ -33,7 +35,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::channels::telegram::routes())
         .merge(crate::channels::marketplace::routes(&state))
         .merge(crate::web::routes(&state))
-        .merge(crate::gateway::routes(&state))
+        .merge(
+            crate::gateway::routes(&state)
+                .layer(axum::middleware::from_fn(crate::limits::gateway_refusals)),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -41,6 +46,14 @@ pub fn router(state: AppState) -> Router {
                 axum::Json(serde_json::json!({"error": {"code": "method_not_allowed", "message": "this endpoint does not take that method"}})),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::public_per_ip,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            headers::security_headers,
+        ))
         .layer(axum::middleware::from_fn(crate::telemetry::track_requests))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(BodyLimit(limit)))

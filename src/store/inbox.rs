@@ -536,7 +536,7 @@ fn conversation_from_row(r: &AnyRow) -> StoreResult<Conversation> {
     })
 }
 
-fn message_from_row(r: &AnyRow) -> StoreResult<Message> {
+pub(super) fn message_from_row(r: &AnyRow) -> StoreResult<Message> {
     let direction = get_str(r, "direction")?;
     let author = get_str(r, "author_kind")?;
     Ok(Message {

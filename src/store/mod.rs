@@ -13,6 +13,7 @@ mod commerce;
 mod fast;
 mod inbox;
 mod jobs;
+mod limits;
 mod outbox;
 mod staff;
 
@@ -37,6 +38,7 @@ pub use inbox::{
     Identity, InboundMessage, IngestOutcome, Message, NewMessage,
 };
 pub use jobs::{Job, JobStatus};
+pub use limits::LoginReservation;
 pub use outbox::{Delivery, JOB_DELIVER};
 pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
 

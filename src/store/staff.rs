@@ -1,5 +1,5 @@
-//! Staff inbox rows: staff accounts, sign-in sessions (stored by the hash of their token), failed
-//! sign-ins for rate limiting, private notes, and the queries behind the queue and the escalation
+//! Staff inbox rows: staff accounts, sign-in sessions (stored by the hash of their token), private
+//! notes, and the queries behind the queue and the escalation
 //! list. Business rules (who may do what, when a sign-in is refused) live in `crate::web`.
 
 use serde::Serialize;
@@ -211,14 +211,22 @@ impl Store {
         .collect()
     }
 
+    /// Sets a new password and ends every session of the account (whoever knew the old
+    /// password is signed out).
     pub async fn set_staff_password(&self, id: &str, password_hash: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("UPDATE staff SET password_hash = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(password_hash)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM staff_sessions WHERE staff_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(n > 0)
     }
 
@@ -343,59 +351,6 @@ impl Store {
         sqlx::query("UPDATE staff_sessions SET flash = $2 WHERE token_hash = $1")
             .bind(token_hash)
             .bind(flash)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn record_login_failure(&self, email: &str, ip: &str) -> StoreResult<()> {
-        let now = now_ms();
-        sqlx::query("INSERT INTO login_failures (id, email, ip, at) VALUES ($1, $2, $3, $4)")
-            .bind(new_id("lgf"))
-            .bind(email.trim().to_lowercase())
-            .bind(ip)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        // Keep the table small: a day of history is plenty for any window.
-        sqlx::query("DELETE FROM login_failures WHERE at < $1")
-            .bind(now - 24 * 3600 * 1000)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Failed sign-ins since `since` for this email and from this address, and the time of the
-    /// oldest failure counted for the email (to say when it may be tried again).
-    pub async fn login_failures(
-        &self,
-        email: &str,
-        ip: &str,
-        since: i64,
-    ) -> StoreResult<(i64, i64, Option<i64>)> {
-        let by_email = sqlx::query(
-            "SELECT COUNT(*) AS n, MIN(at) AS first FROM login_failures WHERE email = $1 AND at >= $2",
-        )
-        .bind(email.trim().to_lowercase())
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        let by_ip =
-            sqlx::query("SELECT COUNT(*) AS n FROM login_failures WHERE ip = $1 AND at >= $2")
-                .bind(ip)
-                .bind(since)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok((
-            get_i64(&by_email, "n")?,
-            get_i64(&by_ip, "n")?,
-            get_opt_i64(&by_email, "first")?,
-        ))
-    }
-
-    pub async fn clear_login_failures(&self, email: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM login_failures WHERE email = $1")
-            .bind(email.trim().to_lowercase())
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -1,7 +1,9 @@
 //! Signing in and staying signed in: Argon2id password hashes, a random session token in an
 //! HttpOnly SameSite=Lax cookie (stored server-side only as its SHA-256, expiring after
 //! [`SESSION_IDLE_MS`] without use), a per-session CSRF token checked on every POST, and sign-in
-//! rate limiting per email and per client address kept in the database.
+//! limits: attempts per email and per client address counted in the database (reserved before
+//! the password is checked, in one statement), and at most `[limits] password_checks` Argon2
+//! checks at once.
 
 use std::net::SocketAddr;
 
@@ -16,19 +18,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{WebError, WebState};
-use crate::store::StaffSession;
+use crate::limits::Refusal;
+use crate::store::{LoginReservation, StaffSession};
 use crate::util::{constant_time_eq, now_ms, random_token, sha256_hex};
 
 pub const SESSION_COOKIE: &str = "concierge_staff";
 const LOGIN_CSRF_COOKIE: &str = "concierge_login_csrf";
 /// A session ends after this long without a request.
 pub const SESSION_IDLE_MS: i64 = 12 * 3600 * 1000;
-/// Failed sign-ins are counted over this window…
-pub const LOGIN_WINDOW_MS: i64 = 15 * 60 * 1000;
-/// …and more than this many for one email refuse further tries until the window passes.
-pub const MAX_FAILURES_PER_EMAIL: i64 = 5;
-/// The same for one client address (several accounts tried from one place).
-pub const MAX_FAILURES_PER_IP: i64 = 20;
 pub const MIN_PASSWORD_CHARS: usize = 10;
 
 /// Hashes a password with Argon2id (default parameters, random salt) to a PHC string.
@@ -98,12 +95,13 @@ fn set_cookie(name: &str, value: &str, max_age_secs: i64, secure: bool) -> Heade
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The client's address, for rate limiting.
-fn client_ip(parts_ext: &axum::http::Extensions) -> String {
-    parts_ext
+/// The client's address, for the sign-in limits (`X-Forwarded-For` only from a trusted proxy).
+fn client_ip(web: &WebState, parts: &Parts) -> String {
+    let peer = parts
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+        .map(|c| c.0);
+    crate::http::client_ip::client_ip(peer, &parts.headers, &web.app.limits.trusted).to_string()
 }
 
 /// A signed-in staff member. As an extractor it sends whoever is not signed in to the sign-in
@@ -367,7 +365,7 @@ pub struct LoginForm {
 pub async fn login(State(web): State<WebState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let headers = parts.headers.clone();
-    let ip = client_ip(&parts.extensions);
+    let ip = client_ip(&web, &parts);
     let Ok(Form(form)) =
         Form::<LoginForm>::from_request(Request::from_parts(parts, body), &web).await
     else {
@@ -390,30 +388,49 @@ pub async fn login(State(web): State<WebState>, req: Request) -> Response {
         );
     }
     let store = &web.app.store;
-    let since = now_ms() - LOGIN_WINDOW_MS;
-    let (by_email, by_ip, first) = match store.login_failures(&email, &ip, since).await {
-        Ok(c) => c,
-        Err(e) => return WebError::from(e).into_response(),
-    };
-    if by_email >= MAX_FAILURES_PER_EMAIL || by_ip >= MAX_FAILURES_PER_IP {
-        let wait_ms = first.map_or(LOGIN_WINDOW_MS, |f| f + LOGIN_WINDOW_MS - now_ms());
-        let minutes = (wait_ms.max(60_000) + 59_999) / 60_000;
-        let mut resp = login_form(
-            &web,
-            &headers,
-            StatusCode::TOO_MANY_REQUESTS,
-            &next,
+    let limits = &web.app.limits;
+    // Reserve the attempt first (one statement checks and counts), then check the password.
+    let now = now_ms();
+    let reservation = store
+        .reserve_login_attempt(
             &email,
-            Some(&format!(
-                "Too many failed sign-ins. Try again in {minutes} minute{}.",
-                if minutes == 1 { "" } else { "s" }
-            )),
-        );
-        if let Ok(v) = HeaderValue::from_str(&(minutes * 60).to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
+            &ip,
+            now,
+            limits.login_window_ms,
+            limits.login_per_email,
+            limits.login_per_ip,
+        )
+        .await;
+    match reservation {
+        Ok(LoginReservation::Granted) => {}
+        Ok(LoginReservation::Refused { scope, until }) => {
+            let (limit, detail) = if scope == "email" {
+                (
+                    "login_email",
+                    format!("{} sign-in attempts for one email", limits.login_per_email),
+                )
+            } else {
+                (
+                    "login_ip",
+                    format!("{} failed sign-ins from one address", limits.login_per_ip),
+                )
+            };
+            let wait = std::time::Duration::from_millis((until - now).max(1000) as u64);
+            let refusal = Refusal::new(limit, wait, detail);
+            return refused(&web, &headers, &next, &email, &refusal);
         }
-        return resp;
+        Err(e) => return WebError::from(e).into_response(),
     }
+    let permit = match limits.password_check().await {
+        Ok(p) => p,
+        Err(refusal) => {
+            // Not checked: the attempt does not count.
+            if let Err(e) = store.release_login_attempt(&email, &ip).await {
+                return WebError::from(e).into_response();
+            }
+            return refused(&web, &headers, &next, &email, &refusal);
+        }
+    };
     let found = match store.staff_login(&email).await {
         Ok(f) => f,
         Err(e) => return WebError::from(e).into_response(),
@@ -424,13 +441,15 @@ pub async fn login(State(web): State<WebState>, req: Request) -> Response {
         _ => (None, DUMMY_HASH.to_string()),
     };
     let password = form.password.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || {
+        let ok = verify_password(&password, &phc);
+        drop(permit);
+        ok
+    })
+    .await
+    .unwrap_or(false);
     let Some(staff) = staff.filter(|_| ok) else {
-        if let Err(e) = store.record_login_failure(&email, &ip).await {
-            return WebError::from(e).into_response();
-        }
+        // The reserved attempt stays counted as a failure.
         return login_form(
             &web,
             &headers,
@@ -443,7 +462,7 @@ pub async fn login(State(web): State<WebState>, req: Request) -> Response {
     let token = random_token(32);
     let csrf = random_token(24);
     let created = async {
-        store.clear_login_failures(&email).await?;
+        store.login_succeeded(&email, &ip, now_ms()).await?;
         store
             .create_staff_session(
                 &sha256_hex(token.as_bytes()),
@@ -467,6 +486,38 @@ pub async fn login(State(web): State<WebState>, req: Request) -> Response {
         header::SET_COOKIE,
         set_cookie(LOGIN_CSRF_COOKIE, "", 0, secure),
     );
+    resp
+}
+
+/// The sign-in page again, 429 with `Retry-After`, saying which limit and for how long.
+fn refused(
+    web: &WebState,
+    headers: &HeaderMap,
+    next: &str,
+    email: &str,
+    refusal: &Refusal,
+) -> Response {
+    let text = if refusal.limit.starts_with("login_") {
+        let minutes = refusal.retry_after_secs().div_ceil(60);
+        format!(
+            "Too many failed sign-ins (the limit is {}). Try again in {minutes} minute{}.",
+            refusal.detail,
+            if minutes == 1 { "" } else { "s" }
+        )
+    } else {
+        refusal.message()
+    };
+    let mut resp = login_form(
+        web,
+        headers,
+        StatusCode::TOO_MANY_REQUESTS,
+        next,
+        email,
+        Some(&text),
+    );
+    if let Ok(v) = HeaderValue::from_str(&refusal.retry_after_secs().to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
     resp
 }
 

@@ -26,6 +26,7 @@ pub async fn run(conversations: usize, messages: usize, renders: usize) -> anyho
     config.data_dir = dir.path().join("data");
     config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
     config.log.level = "warn".into();
+    config.without_rate_limits();
 
     let store = crate::app::open_store(&config).await?;
     let t = Instant::now();

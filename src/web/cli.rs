@@ -197,7 +197,7 @@ pub async fn run(config_file: Option<&Path>, command: StaffCommand) -> anyhow::R
             let hash = new_password_hash()?;
             store.set_staff_password(&s.id, &hash).await?;
             store.close().await;
-            println!("new password set for {}", s.email);
+            println!("new password set for {} (their sessions ended)", s.email);
         }
         StaffCommand::Disable { data_dir, email } => {
             set_active(config_file, data_dir, &email, false).await?;

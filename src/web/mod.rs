@@ -99,9 +99,12 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let web = match Web::new(state.clone()) {
         Ok(w) => Arc::new(w),
         Err(e) => {
-            // The rest of the service still runs; the inbox says what is wrong.
-            tracing::error!(error = format!("{e:#}"), "the staff inbox is unavailable");
-            let message = format!("The staff inbox is unavailable: {e:#}");
+            // The rest of the service still runs; the log says what is wrong.
+            let id =
+                crate::error::log_internal("the staff inbox is unavailable", &format!("{e:#}"));
+            let message = format!(
+                "The staff inbox is unavailable; the cause is in the server log (request id {id})."
+            );
             return Router::new().route(
                 "/inbox",
                 get(move || async move { (StatusCode::SERVICE_UNAVAILABLE, message) }),
@@ -164,7 +167,6 @@ pub(crate) enum WebError {
 
 impl From<crate::store::StoreError> for WebError {
     fn from(e: crate::store::StoreError) -> WebError {
-        tracing::error!(error = %e, "inbox store error");
         WebError::Internal(format!("the database failed: {e}"))
     }
 }
@@ -175,7 +177,14 @@ impl IntoResponse for WebError {
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, "That did not work", m),
             WebError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
-            WebError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "Something broke", m),
+            WebError::Internal(m) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something broke",
+                crate::error::internal_message(&crate::error::log_internal(
+                    "inbox request failed",
+                    &m,
+                )),
+            ),
         };
         let body = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\

@@ -111,6 +111,15 @@ pub fn test_config(dir: &Path) -> Config {
     config.brand.channels = repo_path("channels");
     config.api.key = Some(Secret::new(API_KEY));
     config.jobs.poll_interval_ms = 50;
+    // Generous limits: tests of other features must not trip them (tests/it/limits.rs sets
+    // tight ones).
+    config.limits.public_per_ip_per_minute = 100_000;
+    config.limits.agent_key_per_minute = 100_000;
+    config.limits.password_check_queue = 256;
+    config.chat.messages_per_minute = 10_000;
+    config.chat.messages_per_minute_per_ip = 10_000;
+    config.chat.typing_per_minute = 10_000;
+    config.chat.sockets_per_ip = 10_000;
     config
 }
 
@@ -128,6 +137,23 @@ impl TestApp {
                 Some(
                     TestApp::spawn_with(Db::Postgres, move |c| {
                         c.database.url = Some(Secret::new(url.clone()))
+                    })
+                    .await,
+                )
+            }
+        }
+    }
+
+    /// [`TestApp::spawn_on`] with a configuration tweak.
+    pub async fn spawn_on_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+        match db {
+            Db::Sqlite => Some(TestApp::spawn_with(Db::Sqlite, tweak).await),
+            Db::Postgres => {
+                let url = fresh_postgres().await?;
+                Some(
+                    TestApp::spawn_with(Db::Postgres, move |c| {
+                        c.database.url = Some(Secret::new(url));
+                        tweak(c)
                     })
                     .await,
                 )
@@ -153,6 +179,19 @@ impl TestApp {
         if let Some(h) = self.handle.take() {
             h.await.expect("join").expect("server ran cleanly");
         }
+        let TestApp { dir, config, .. } = self;
+        TestApp::start(dir, config).await
+    }
+
+    /// Stops the app, runs `between` (the service is down), and starts it again.
+    pub async fn restart_with(mut self, between: impl FnOnce()) -> TestApp {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("join").expect("server ran cleanly");
+        }
+        between();
         let TestApp { dir, config, .. } = self;
         TestApp::start(dir, config).await
     }

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use crate::browser::{Browser, screenshot_dir, wait_for};
 use crate::helpers::{Db, TestApp};
 
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
-async fn add_staff(app: &TestApp, email: &str, role: &str) -> String {
+pub(crate) async fn add_staff(app: &TestApp, email: &str, role: &str) -> String {
     let hash = concierge::web::hash_password(PASSWORD).unwrap();
     app.store()
         .create_staff(email, None, role, &hash)
@@ -20,14 +20,14 @@ async fn add_staff(app: &TestApp, email: &str, role: &str) -> String {
         .id
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
         let mut o = String::new();
         for b in s.bytes() {
@@ -47,7 +47,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
 }
 
 /// The value of a cookie a response sets.
-fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
         .get_all(reqwest::header::SET_COOKIE)
         .iter()
@@ -60,7 +60,7 @@ fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
 }
 
 /// `name="_csrf" value="…"` in a page.
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let at = html
         .find(&marker)
@@ -70,7 +70,7 @@ fn hidden(html: &str, name: &str) -> String {
 }
 
 /// A signed-in staff member over plain HTTP.
-struct Staff {
+pub(crate) struct Staff {
     client: reqwest::Client,
     base: String,
     cookie: String,
@@ -78,11 +78,11 @@ struct Staff {
 }
 
 /// Tries to sign in; returns the response.
-async fn try_login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+pub(crate) async fn try_login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
     try_login_with(app, email, password, &[]).await
 }
 
-async fn try_login_with(
+pub(crate) async fn try_login_with(
     app: &TestApp,
     email: &str,
     password: &str,
@@ -110,7 +110,7 @@ async fn try_login_with(
         .unwrap()
 }
 
-async fn login(app: &TestApp, email: &str) -> Staff {
+pub(crate) async fn login(app: &TestApp, email: &str) -> Staff {
     let resp = try_login(app, email, PASSWORD).await;
     assert_eq!(resp.status(), 303, "{:?}", resp.text().await);
     let cookie = set_cookie(&resp, "concierge_staff").expect("session cookie");
@@ -1007,4 +1007,87 @@ async fn staff_revoke_a_consumer_agents_token() {
     .await
     .unwrap();
     assert_eq!(row, ("staff".to_string(), Some(ana_id)));
+}
+
+/// An admin's password reset (in the inbox or with `concierge staff passwd`) and disabling an
+/// account end that account's sessions: the old cookie no longer opens the inbox.
+async fn a_password_reset_or_disable_ends_the_accounts_sessions(db: Db) {
+    let Some(app) = TestApp::spawn_on(db).await else {
+        return;
+    };
+    add_staff(&app, "ana@example.com", "admin").await;
+    let bo_id = add_staff(&app, "bo@example.com", "agent").await;
+    let ana = login(&app, "ana@example.com").await;
+    let bo = login(&app, "bo@example.com").await;
+    assert_eq!(bo.get("/inbox").await.0, 200);
+    let (status, _) = ana
+        .post(
+            &format!("/inbox/staff/{bo_id}"),
+            &[
+                ("action", "password"),
+                ("password", "a brand new passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let (status, to) = bo.get("/inbox").await;
+    assert_eq!(status, 303, "the old session must be gone: {to}");
+    // The admin's own session is untouched; the new password works.
+    assert_eq!(ana.get("/inbox").await.0, 200);
+    let r = try_login(&app, "bo@example.com", "a brand new passphrase").await;
+    assert_eq!(r.status(), 303);
+    // Disabling ends sessions as well.
+    let bo = {
+        let r = try_login(&app, "bo@example.com", "a brand new passphrase").await;
+        assert_eq!(r.status(), 303);
+        set_cookie(&r, "concierge_staff").unwrap()
+    };
+    let (status, _) = ana
+        .post(&format!("/inbox/staff/{bo_id}"), &[("action", "disable")])
+        .await;
+    assert_eq!(status, 303);
+    let r = client()
+        .get(app.url("/inbox"))
+        .header("cookie", format!("concierge_staff={bo}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    app.stop().await;
+}
+on_both!(a_password_reset_or_disable_ends_the_accounts_sessions);
+
+#[tokio::test]
+async fn the_cli_password_reset_ends_sessions() {
+    let app = TestApp::spawn().await;
+    add_staff(&app, "cy@example.com", "agent").await;
+    let cy = login(&app, "cy@example.com").await;
+    assert_eq!(cy.get("/inbox").await.0, 200);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concierge"))
+        .current_dir(crate::helpers::repo_path(""))
+        .env_remove("DATABASE_URL")
+        .env_remove("CONCIERGE_API_KEY")
+        .env("RUST_LOG", "warn")
+        .args(["staff", "passwd", "--data-dir"])
+        .arg(app.data_dir())
+        .args(["--email", "cy@example.com"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"another fine passphrase\n").await.unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = cy.get("/inbox").await;
+    assert_eq!(status, 303, "the session from before the reset still works");
+    app.stop().await;
 }

@@ -11,6 +11,7 @@ mod email;
 mod gateway;
 mod gateway_trust;
 mod inbox;
+mod limits;
 mod llm;
 mod marketplace;
 mod shopify;

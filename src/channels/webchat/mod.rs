@@ -6,11 +6,18 @@
 //! `ack {client_id, id}` (sent once the message is stored), `typing`, `error {message}` (the
 //! socket stays usable). The token is signed (HMAC-SHA256, key kept in the store) and brings a
 //! visitor back to their conversation; on reconnect the history delivers what they missed.
+//!
+//! Limits: a browser page may open the socket only from an allowed origin (`[chat]
+//! allowed_origins`; empty: this service's own origin), at most `sockets_per_ip` sockets per
+//! client address, `messages_per_minute` messages per socket and `messages_per_minute_per_ip`
+//! per address, `typing_per_minute` typing frames per socket; `welcome` carries at most the
+//! latest `history_limit` messages. A refused frame is answered `error {code: "rate_limited",
+//! limit, retry_after_secs, message}` and the socket stays open.
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::http::header;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
@@ -24,6 +31,7 @@ use tokio::sync::mpsc;
 use crate::agent::Inbound;
 use crate::app::AppState;
 use crate::inbox::events::InboxEvent;
+use crate::limits::ChatSocket;
 use crate::store::{AuthorKind, Direction, InboundMessage, Message, Store};
 
 const WIDGET_JS: &str = include_str!("assets/widget.js");
@@ -52,13 +60,78 @@ async fn widget() -> Response {
         .into_response()
 }
 
-async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(origin) = origin_allowed(&state, req.headers()) {
+        crate::telemetry::count_limit_refusal("chat_origin");
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"error": {"code": "origin_not_allowed", "message": format!(
+                "pages from {origin} may not open this chat; the brand lists allowed origins in [chat] allowed_origins"
+            )}})),
+        )
+            .into_response();
+    }
+    let ip = crate::limits::request_ip(&state, &req);
+    let (mut parts, _body) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let limiter = match state.limits.open_chat_socket(ip) {
+        Ok(s) => s,
+        Err(refusal) => return refusal.json_response(),
+    };
     // Chat frames are small: modest buffers keep an idle socket cheap (the defaults are 128 KiB
     // each way), and frames are written out at once.
     ws.max_message_size(64 * 1024)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| session(state, socket))
+        .on_upgrade(move |socket| session(state, socket, limiter))
+}
+
+/// Whether the page opening the socket may: no `Origin` (not a browser page), an origin in
+/// `[chat] allowed_origins`, or — when that list is empty — this service's own origin (its
+/// `public_url`, else the host the request was sent to). Err carries the refused origin.
+fn origin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").trim().trim_end_matches('/');
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b.trim().trim_end_matches('/'));
+    let allowed = &state.config.chat.allowed_origins;
+    let ok = if !allowed.is_empty() {
+        allowed.iter().any(|a| same(origin, a))
+    } else if let Some(public) = &state.config.server.public_url {
+        let public = public.trim();
+        let base = match public.find("://") {
+            Some(i) => match public[i + 3..].find('/') {
+                Some(j) => &public[..i + 3 + j],
+                None => public,
+            },
+            None => public,
+        };
+        same(origin, base)
+    } else {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .unwrap_or("");
+        !host.is_empty() && origin_host.eq_ignore_ascii_case(host.trim())
+    };
+    if ok { Ok(()) } else { Err(origin.to_string()) }
+}
+
+/// The error frame of a refused frame.
+fn refused_frame(r: &crate::limits::Refusal) -> Value {
+    let mut f = r.fields();
+    if let Some(o) = f.as_object_mut() {
+        o.insert("type".into(), json!("error"));
+    }
+    f
 }
 
 #[derive(Deserialize)]
@@ -81,7 +154,7 @@ struct Visitor {
     thread_key: String,
 }
 
-async fn session(state: AppState, socket: WebSocket) {
+async fn session(state: AppState, socket: WebSocket, limiter: ChatSocket) {
     crate::telemetry::chat_sockets(1);
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<String>(64);
@@ -95,6 +168,9 @@ async fn session(state: AppState, socket: WebSocket) {
     let mut events = state.hub.subscribe();
     let mut visitor: Option<Visitor> = None;
     let mut conversation: Option<String> = None;
+    // Only the first of a run of refused typing frames is answered.
+    let mut typing_refused = false;
+    let history_limit = i64::from(state.config.chat.history_limit.max(1));
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -110,21 +186,47 @@ async fn session(state: AppState, socket: WebSocket) {
                 match serde_json::from_str::<ClientFrame>(&text) {
                     Err(e) => send(&out, json!({"type": "error", "message": format!("bad frame: {e}")})).await,
                     Ok(ClientFrame::Hello { token }) => {
-                        match hello(&state, token.as_deref()).await {
+                        if let Err(r) = limiter.message() {
+                            send(&out, refused_frame(&r)).await;
+                            continue;
+                        }
+                        match hello(&state, token.as_deref(), history_limit).await {
                             Ok((v, conv, welcome)) => {
                                 visitor = Some(v);
                                 conversation = conv;
                                 send(&out, welcome).await;
                             }
-                            Err(e) => send(&out, json!({"type": "error", "message": format!("{e:#}")})).await,
+                            Err(e) => {
+                                let id = crate::error::log_internal("web chat hello failed", &format!("{e:#}"));
+                                send(&out, json!({"type": "error", "message": crate::error::internal_message(&id)})).await;
+                            }
                         }
                     }
                     Ok(ClientFrame::Typing) => {
-                        if let Some(c) = &conversation {
-                            state.hub.publish(InboxEvent::Typing { conversation_id: c.clone(), author: "customer".into() });
+                        match limiter.typing() {
+                            Ok(()) => {
+                                typing_refused = false;
+                                if let Some(c) = &conversation {
+                                    state.hub.publish(InboxEvent::Typing { conversation_id: c.clone(), author: "customer".into() });
+                                }
+                            }
+                            Err(r) => {
+                                if !typing_refused {
+                                    send(&out, refused_frame(&r)).await;
+                                }
+                                typing_refused = true;
+                            }
                         }
                     }
                     Ok(ClientFrame::Message { text, client_id }) => {
+                        if let Err(r) = limiter.message() {
+                            let mut f = refused_frame(&r);
+                            if let Some(o) = f.as_object_mut() {
+                                o.insert("client_id".into(), json!(client_id));
+                            }
+                            send(&out, f).await;
+                            continue;
+                        }
                         let Some(v) = &visitor else {
                             send(&out, json!({"type": "error", "message": "send a hello frame first"})).await;
                             continue;
@@ -158,9 +260,9 @@ async fn session(state: AppState, socket: WebSocket) {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Missed events: send the history again; the widget de-duplicates by id.
                         if let Some(c) = &conversation
-                            && let Ok(msgs) = state.store.messages_after(c, 0).await
+                            && let Ok(msgs) = state.store.recent_messages(c, history_limit).await
                         {
-                            for m in msgs.iter().filter(|m| m.direction != Direction::Internal) {
+                            for m in &msgs {
                                 send(&out, frame_of(m)).await;
                             }
                         }
@@ -173,6 +275,7 @@ async fn session(state: AppState, socket: WebSocket) {
     }
     drop(out);
     let _ = writer.await;
+    drop(limiter);
     crate::telemetry::chat_sockets(-1);
 }
 
@@ -196,6 +299,7 @@ fn external_id(v: &Visitor, client_id: &str) -> String {
 async fn hello(
     state: &AppState,
     token: Option<&str>,
+    history_limit: i64,
 ) -> anyhow::Result<(Visitor, Option<String>, Value)> {
     let key = signing_key(&state.store).await?;
     let visitor_id = token
@@ -210,10 +314,9 @@ async fn hello(
     let history: Vec<Value> = match &conversation {
         Some(c) => state
             .store
-            .messages_after(&c.id, 0)
+            .recent_messages(&c.id, history_limit)
             .await?
             .iter()
-            .filter(|m| m.direction != Direction::Internal)
             .map(frame_of)
             .collect(),
         None => Vec::new(),
@@ -262,7 +365,12 @@ async fn message(
     };
     let outcome = crate::inbox::receive(&state.store, &msg)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            crate::error::internal_message(&crate::error::log_internal(
+                "web chat message could not be stored",
+                &e,
+            ))
+        })?;
     if outcome.duplicate {
         return Ok(outcome.conversation_id);
     }
