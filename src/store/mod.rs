@@ -15,6 +15,7 @@ mod inbox;
 mod jobs;
 mod outbox;
 mod staff;
+mod verification;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -39,6 +40,7 @@ pub use inbox::{
 pub use jobs::{Job, JobStatus};
 pub use outbox::{Delivery, JOB_DELIVER};
 pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
+pub use verification::{AttemptGate, AttemptScope, AttemptTicket, VerificationLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -18,4 +18,5 @@ mod smtp_sink;
 mod store;
 mod telegram;
 mod tools;
+mod verification;
 mod webchat;
