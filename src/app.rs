@@ -85,7 +85,15 @@ impl Application {
             search.clone(),
             policy.clone(),
         )
-        .context("cannot load the brand agent (voice, templates, policy texts)")?;
+        .context("cannot load the brand agent (voice, templates, policy texts)")?
+        .with_verification(
+            crate::verification::Limits::new(config.verification.clone()),
+            config
+                .email
+                .smtp_url
+                .is_some()
+                .then_some(config.email.max_attempts),
+        );
         let metrics_listener = match &config.metrics.bind {
             Some(addr) => Some(
                 TcpListener::bind(addr)

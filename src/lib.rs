@@ -22,5 +22,6 @@ pub mod search;
 pub mod store;
 pub mod telemetry;
 pub mod util;
+pub mod verification;
 pub mod web;
 pub mod worker;

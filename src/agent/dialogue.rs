@@ -20,6 +20,7 @@ use crate::commerce::{Address, Customer, Order, OrderStatus, format_money};
 use crate::search::{DocKind, PolicyChunk, SearchIndex};
 use crate::store::{ConversationStatus, Store};
 use crate::util::rfc3339;
+use crate::verification::{self, CodeCheck, Limits, MAX_ORDER_CLAIMS_PER_MESSAGE};
 
 /// What the resolver needs, shared by every conversation.
 #[derive(Clone)]
@@ -31,10 +32,18 @@ pub struct Resolver {
     pub search: SearchIndex,
     /// Policy sections by chunk id, for quoting whole sections.
     pub policy_chunks: Arc<HashMap<String, PolicyChunk>>,
+    /// How many failed verifications lock a conversation or a customer, and for how long.
+    pub limits: Limits,
+    /// Delivery attempts for emailed one-time codes; None when the store sends no email.
+    pub code_mail_attempts: Option<i64>,
 }
 
 /// One inbound message as the resolver sees it.
 pub struct Turn<'a> {
+    /// The conversation and the sender's channel identity (scopes for counting failed
+    /// verifications).
+    pub conversation_id: &'a str,
+    pub identity_id: Option<&'a str>,
     pub text: &'a str,
     pub channel: &'a str,
     /// The sender's email as the channel knows it (an email's From, the API's `from.email`).
@@ -125,6 +134,18 @@ impl Resolver {
         state.turns += 1;
 
         let draft = self.decide(state, turn, &class, &ents).await?;
+        self.finish(state, turn, &class, draft, first_turn).await
+    }
+
+    /// Renders a turn's draft in the brand's voice for the channel.
+    async fn finish(
+        &self,
+        state: &DialogueState,
+        turn: &Turn<'_>,
+        class: &nlu::Classification,
+        draft: Draft,
+        first_turn: bool,
+    ) -> R<TurnOutcome> {
         let verified = state.verified_customer.clone();
         let customer = match &verified {
             Some(id) => self.store.get_customer(id).await?,
@@ -219,8 +240,8 @@ impl Resolver {
 
         // Verify as soon as the shopper has given enough.
         let verification = self.try_verify(state, turn).await?;
-        if let VerifyResult::OtherCustomer = verification {
-            return Ok(Draft::ask("one_customer_only", json!({})));
+        if let Some(d) = verification_draft(&verification, turn) {
+            return Ok(d);
         }
 
         // The task this message is about: a pending one, or a new one from the intent.
@@ -332,11 +353,18 @@ impl Resolver {
         {
             state.claimed_email = Some(e.to_lowercase());
         }
-        for n in &ents.order_numbers {
+        // At most two order numbers of a message take part in verification, and at most two
+        // are kept across messages: a list of guesses proves nothing.
+        for n in ents.order_numbers.iter().take(MAX_ORDER_CLAIMS_PER_MESSAGE) {
             if !state.claimed_orders.contains(n) {
                 state.claimed_orders.push(n.clone());
             }
         }
+        let extra = state
+            .claimed_orders
+            .len()
+            .saturating_sub(MAX_ORDER_CLAIMS_PER_MESSAGE);
+        state.claimed_orders.drain(..extra);
         if let Some(z) = ents.zip_codes.first() {
             state.claimed_zip = Some(z.clone());
         }
@@ -345,92 +373,293 @@ impl Resolver {
         }
     }
 
-    /// Verifies the shopper from the claims collected so far. Returns true when a verified
-    /// conversation just asked about another customer's account.
-    pub(crate) async fn verify(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<bool> {
-        Ok(matches!(
-            self.try_verify(state, turn).await?,
-            VerifyResult::OtherCustomer
-        ))
+    /// Verifies the shopper from the claims collected so far (the LLM mode's step): either go
+    /// on (noting whether a verified conversation just asked about another customer's
+    /// account), or give the reply about a lock or a one-time code as it is.
+    pub(crate) async fn verify(
+        &self,
+        state: &mut DialogueState,
+        turn: &Turn<'_>,
+        first_turn: bool,
+    ) -> R<VerifyStep> {
+        let result = self.try_verify(state, turn).await?;
+        if let VerifyResult::OtherCustomer = result {
+            return Ok(VerifyStep::Proceed {
+                other_customer: true,
+            });
+        }
+        match verification_draft(&result, turn) {
+            Some(draft) => {
+                let class = nlu::classify(turn.text);
+                Ok(VerifyStep::Reply(
+                    self.finish(state, turn, &class, draft, first_turn).await?,
+                ))
+            }
+            None => Ok(VerifyStep::Proceed {
+                other_customer: false,
+            }),
+        }
     }
 
     async fn try_verify(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<VerifyResult> {
-        // Already verified: a different email or order claim must not switch customers.
-        if let Some(cid) = state.verified_customer.clone() {
-            if let Some(email) = &state.claimed_email
-                && let Some(other) = self.store.find_customer_by_email(email).await?
-                && other.id != cid
+        // Proof that needs no guessing: a credential, a fresh link on the sender's identity, a
+        // channel that vouches for the sender's email.
+        if state.verified_customer.is_none() {
+            if let Some(c) = turn.vouched_customer {
+                mark_verified(state, c, "credential", turn.now);
+            } else if let Some(c) = turn.linked_customer {
+                mark_verified(state, c, "link", turn.now);
+            } else if turn.sender_verified
+                && let Some(email) = turn.sender_email
+                && let Some(c) = self.store.find_customer_by_email(email).await?
             {
-                state.claimed_email = None;
-                return Ok(VerifyResult::OtherCustomer);
+                mark_verified(state, &c.id, "channel", turn.now);
             }
-            return Ok(VerifyResult::Verified);
         }
-        let mut found: Option<String> = None;
-        if let Some(linked) = turn.linked_customer {
-            found = Some(linked.to_string());
-        } else if turn.sender_verified
-            && let Some(email) = turn.sender_email
-            && let Some(c) = self.store.find_customer_by_email(email).await?
+        // Already verified: another customer's email, order or credential never switches it.
+        if let Some(cid) = state.verified_customer.clone() {
+            let mut other = turn.vouched_customer.is_some_and(|v| v != cid);
+            if !other
+                && let Some(email) = &state.claimed_email
+                && let Some(found) = self.store.find_customer_by_email(email).await?
+            {
+                other = found.id != cid;
+            }
+            forget_claims(state, turn);
+            return Ok(if other {
+                state.claimed_email = None;
+                VerifyResult::OtherCustomer
+            } else {
+                VerifyResult::Verified
+            });
+        }
+        if !turn.verify_from_claims {
+            // Only a credential may verify here: written claims are ignored, and not counted.
+            forget_claims(state, turn);
+            state.claimed_email = None;
+            return Ok(VerifyResult::NotYet);
+        }
+
+        // A one-time code emailed to the address on file.
+        if let Some(email) = state.code_email.clone()
+            && let Some(code) = six_digit_code(turn.text)
         {
-            found = Some(c.id);
+            let scope = code_scope(turn.conversation_id);
+            return Ok(
+                match verification::redeem_code(&self.store, &scope, &email, &code, turn.now)
+                    .await?
+                {
+                    CodeCheck::Verified(customer) => {
+                        state.code_email = None;
+                        mark_verified(state, &customer, "code", turn.now);
+                        forget_claims(state, turn);
+                        VerifyResult::Verified
+                    }
+                    CodeCheck::Wrong { left } => VerifyResult::CodeWrong { left },
+                    CodeCheck::NoCode | CodeCheck::AttemptsExceeded | CodeCheck::Used => {
+                        state.code_email = None;
+                        VerifyResult::CodeExpired
+                    }
+                },
+            );
         }
-        let mut attempted = false;
-        if found.is_none()
+        if asks_for_code(turn.text)
             && let Some(email) = state.claimed_email.clone()
         {
-            for number in state.claimed_orders.clone() {
-                attempted = true;
-                if let Some(o) = self.store.get_order_by_number(&number).await?
-                    && self.order_matches_email(&o, &email).await?
-                {
-                    found = o.customer_id.clone();
-                    break;
-                }
+            self.send_code(state, turn, &email).await?;
+            forget_claims(state, turn);
+            return Ok(VerifyResult::CodeSent);
+        }
+
+        // Claims: order number + email, email + ZIP, full name + ZIP. Each try counts against
+        // the conversation, the sender, the requester and the customer (or email) claimed,
+        // before it is checked; a locked scope means nothing is checked.
+        let email = state.claimed_email.clone();
+        let orders = if email.is_some() {
+            state.claimed_orders.clone()
+        } else {
+            Vec::new()
+        };
+        let zip = state.claimed_zip.clone();
+        let name = state.claimed_name.clone();
+        let by_email_zip = email.is_some() && zip.is_some();
+        let by_name_zip = name.is_some() && zip.is_some();
+        if orders.is_empty() && !by_email_zip && !by_name_zip {
+            return Ok(VerifyResult::NotYet);
+        }
+        let scopes = self.attempt_scopes(turn, email.as_deref(), &orders).await?;
+        let ticket = match verification::begin(
+            &self.store,
+            &self.limits,
+            &scopes,
+            Some(turn.conversation_id),
+            turn.now,
+        )
+        .await?
+        {
+            Ok(t) => t,
+            Err(lock) => {
+                let code_sent = self.offer_code(state, turn).await?;
+                forget_claims(state, turn);
+                return Ok(VerifyResult::Locked {
+                    until: lock.until,
+                    code_sent,
+                    failed: false,
+                });
             }
-            if found.is_none()
-                && let Some(zip) = state.claimed_zip.clone()
-            {
-                attempted = true;
-                if let Some(c) = self.store.find_customer_by_email(&email).await?
-                    && c.addresses.iter().any(|a| a.zip.trim() == zip)
-                {
-                    found = Some(c.id);
-                }
+        };
+        let found = self
+            .check_claims(email.as_deref(), &orders, zip.as_deref(), name.as_ref())
+            .await;
+        let passed = matches!(found, Ok(Some(_)));
+        self.store
+            .close_verification_attempt(&ticket, passed)
+            .await?;
+        if let Some(id) = found? {
+            mark_verified(state, &id, "claims", turn.now);
+            forget_claims(state, turn);
+            return Ok(VerifyResult::Verified);
+        }
+        state.failed_verifications += 1;
+        if let Some(lock) =
+            verification::locked(&self.store, &self.limits, &scopes, turn.now).await?
+        {
+            let code_sent = self.offer_code(state, turn).await?;
+            forget_claims(state, turn);
+            return Ok(VerifyResult::Locked {
+                until: lock.until,
+                code_sent,
+                failed: true,
+            });
+        }
+        // Forget the failed claims so the next attempt starts clean.
+        forget_claims(state, turn);
+        if !turn.sender_email_is_claim {
+            state.claimed_email = None;
+        }
+        Ok(VerifyResult::Failed)
+    }
+
+    /// The scopes one verification attempt counts against.
+    async fn attempt_scopes(
+        &self,
+        turn: &Turn<'_>,
+        email: Option<&str>,
+        orders: &[String],
+    ) -> R<Vec<crate::store::AttemptScope>> {
+        let limits = &self.limits;
+        let mut scopes = vec![limits.conversation(turn.conversation_id)];
+        if let Some(id) = turn.identity_id {
+            scopes.push(limits.identity(id));
+        }
+        if let Some(r) = turn.requester {
+            scopes.push(limits.requester(r));
+        }
+        if let Some(e) = email {
+            match self.store.find_customer_by_email(e).await? {
+                Some(c) => scopes.push(limits.customer(&c.id)),
+                None => scopes.push(limits.email(e)),
             }
         }
-        if found.is_none()
-            && let (Some((first, last)), Some(zip)) =
-                (state.claimed_name.clone(), state.claimed_zip.clone())
-        {
-            attempted = true;
+        for number in orders {
+            if let Some(o) = self.store.get_order_by_number(number).await?
+                && let Some(c) = &o.customer_id
+            {
+                scopes.push(limits.customer(c));
+            }
+        }
+        Ok(scopes)
+    }
+
+    /// The customer the claims prove, if they do.
+    async fn check_claims(
+        &self,
+        email: Option<&str>,
+        orders: &[String],
+        zip: Option<&str>,
+        name: Option<&(String, String)>,
+    ) -> R<Option<String>> {
+        if let Some(email) = email {
+            for number in orders {
+                if let Some(o) = self.store.get_order_by_number(number).await?
+                    && self.order_matches_email(&o, email).await?
+                    && let Some(c) = o.customer_id
+                {
+                    return Ok(Some(c));
+                }
+            }
+            if let Some(zip) = zip
+                && let Some(c) = self.store.find_customer_by_email(email).await?
+                && c.addresses.iter().any(|a| a.zip.trim() == zip)
+            {
+                return Ok(Some(c.id));
+            }
+        }
+        if let (Some((first, last)), Some(zip)) = (name, zip) {
             let matches = self
                 .store
-                .find_customers_by_name_zip(&first, &last, &zip)
+                .find_customers_by_name_zip(first, last, zip)
                 .await?;
             if matches.len() == 1 {
-                found = Some(matches[0].id.clone());
+                return Ok(Some(matches[0].id.clone()));
             }
         }
-        match found {
-            Some(id) => {
-                state.verified_customer = Some(id);
-                state.failed_verifications = 0;
-                Ok(VerifyResult::Verified)
-            }
-            None if attempted => {
-                state.failed_verifications += 1;
-                // Forget the failed claims so the next attempt starts clean.
-                state.claimed_zip = None;
-                state.claimed_name = None;
-                state.claimed_orders.clear();
-                if !turn.sender_email_is_claim {
-                    state.claimed_email = None;
-                }
-                Ok(VerifyResult::Failed)
-            }
-            None => Ok(VerifyResult::NotYet),
+        Ok(None)
+    }
+
+    /// Under a lock: emails a one-time code to the claimed address (when this conversation has
+    /// not sent it one yet). True when the shopper should expect one.
+    async fn offer_code(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<bool> {
+        let Some(email) = state.claimed_email.clone() else {
+            return Ok(false);
+        };
+        if self.code_mail_attempts.is_none() {
+            return Ok(false);
         }
+        if state.code_email.as_deref() == Some(email.as_str()) {
+            return Ok(true);
+        }
+        self.send_code(state, turn, &email).await
+    }
+
+    /// Emails a one-time code for this conversation to `email` when it is an address on file
+    /// (only ever to the customer's own address; an unknown address gets a code nobody sees,
+    /// so the answer is the same). True when a code was issued.
+    async fn send_code(&self, state: &mut DialogueState, turn: &Turn<'_>, email: &str) -> R<bool> {
+        let Some(attempts) = self.code_mail_attempts else {
+            return Ok(false);
+        };
+        let email = email.trim().to_lowercase();
+        let customer = self.store.find_customer_by_email(&email).await?;
+        let on_file = customer
+            .as_ref()
+            .and_then(|c| c.emails.iter().find(|e| e.trim().to_lowercase() == email))
+            .cloned();
+        let issued = verification::issue_code(
+            &self.store,
+            &code_scope(turn.conversation_id),
+            customer.as_ref().map(|c| c.id.as_str()),
+            &email,
+            Some(verification::CODE_MAX_SENDS_PER_ADDRESS),
+            turn.now,
+        )
+        .await?;
+        let Ok(code) = issued else {
+            // Enough codes went out: the ones already sent still work.
+            return Ok(state.code_email.as_deref() == Some(email.as_str()));
+        };
+        state.code_email = Some(email.clone());
+        if let (Some(customer), Some(to)) = (customer, on_file) {
+            let body = self.templates.render(
+                "reply/code_email",
+                &json!({"code": code, "voice": &*self.voice}),
+            )?;
+            let text = self.voice.polish(&self.wrap("email", &body, true)?);
+            self.store
+                .send_account_email(&to, &customer.id, "Your verification code", &text, attempts)
+                .await?;
+        }
+        Ok(true)
     }
 
     async fn order_matches_email(&self, order: &Order, email: &str) -> R<bool> {
@@ -515,20 +744,6 @@ impl Resolver {
         let Some(customer_id) = state.verified_customer.clone() else {
             task.awaiting = Some(Awaiting::Verification);
             let failed = state.failed_verifications > 0;
-            if state.failed_verifications >= 3 {
-                state.task = None;
-                let mut d = Draft::new(
-                    "escalated",
-                    json!({"signal": "verification_failed", "voice": &*self.voice}),
-                    ConversationStatus::Escalated,
-                );
-                d.escalation = Some((
-                    "verification_failed".into(),
-                    "The shopper could not be verified after three attempts.".into(),
-                ));
-                d.actions.push(escalated_action("verification_failed"));
-                return Ok(d);
-            }
             return Ok(Draft::ask(
                 "ask_verification",
                 json!({"failed": failed, "task": task.kind, "has_email": state.claimed_email.is_some()}),
@@ -1201,6 +1416,90 @@ enum VerifyResult {
     NotYet,
     Failed,
     OtherCustomer,
+    /// Verification is locked for a scope of this attempt until `until`.
+    Locked {
+        until: i64,
+        code_sent: bool,
+        failed: bool,
+    },
+    CodeSent,
+    CodeWrong {
+        left: i64,
+    },
+    CodeExpired,
+}
+
+/// What verification made of a turn in the LLM mode.
+pub(crate) enum VerifyStep {
+    Proceed {
+        other_customer: bool,
+    },
+    /// A reply about a lock or a one-time code, to give as it is.
+    Reply(TurnOutcome),
+}
+
+/// The reply a verification result needs before anything else, if any.
+fn verification_draft(result: &VerifyResult, turn: &Turn<'_>) -> Option<Draft> {
+    Some(match result {
+        VerifyResult::OtherCustomer => Draft::ask("one_customer_only", json!({})),
+        VerifyResult::Locked {
+            until,
+            code_sent,
+            failed,
+        } => {
+            let minutes = ((until - turn.now).max(0) + 59_999) / 60_000;
+            Draft::ask(
+                "verification_locked",
+                json!({"minutes": minutes.max(1), "code_sent": code_sent, "failed": failed}),
+            )
+        }
+        VerifyResult::CodeSent => Draft::ask("code_sent", json!({})),
+        VerifyResult::CodeWrong { left } => Draft::ask("code_wrong", json!({"left": left})),
+        VerifyResult::CodeExpired => Draft::ask("code_wrong", json!({"expired": true})),
+        VerifyResult::Verified | VerifyResult::NotYet | VerifyResult::Failed => return None,
+    })
+}
+
+/// Where one-time codes asked for in a conversation are kept (the codes table's requester).
+fn code_scope(conversation_id: &str) -> String {
+    format!("conversation:{conversation_id}")
+}
+
+fn mark_verified(state: &mut DialogueState, customer: &str, by: &str, now: i64) {
+    state.verified_customer = Some(customer.to_string());
+    state.verified_at = Some(now);
+    state.verified_by = Some(by.to_string());
+    state.failed_verifications = 0;
+}
+
+/// Forgets the order, ZIP and name claims (the email stays when the channel makes it the
+/// sender's claim).
+fn forget_claims(state: &mut DialogueState, turn: &Turn<'_>) {
+    state.claimed_zip = None;
+    state.claimed_name = None;
+    state.claimed_orders.clear();
+    if !turn.sender_email_is_claim && state.verified_customer.is_some() {
+        state.claimed_email = None;
+    }
+}
+
+/// A 6-digit code typed on its own or in a sentence ("it's 123456").
+fn six_digit_code(text: &str) -> Option<String> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// "Send me a code", "can you email me a verification code?"
+fn asks_for_code(text: &str) -> bool {
+    let t = text.to_lowercase();
+    t.contains("code")
+        && [
+            "send", "email", "mail", "new", "another", "get", "want", "need",
+        ]
+        .iter()
+        .any(|w| t.contains(w))
+        && six_digit_code(text).is_none()
 }
 
 fn unreachable_task() -> R<Draft> {

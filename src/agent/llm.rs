@@ -17,7 +17,9 @@ use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletionResponse};
 use serde_json::{Value, json};
 
-use crate::agent::dialogue::{Citation, EscalationRequest, Resolver, Turn, TurnOutcome};
+use crate::agent::dialogue::{
+    Citation, EscalationRequest, Resolver, Turn, TurnOutcome, VerifyStep,
+};
 use crate::agent::guard::{self, Disclosure};
 use crate::agent::nlu;
 use crate::agent::state::{Awaiting, DialogueState, Task, TaskKind};
@@ -108,7 +110,11 @@ impl LlmAgent {
         }
         state.turns += 1;
         resolver.collect_claims(state, turn, &ents);
-        let other_customer = resolver.verify(state, turn).await?;
+        let other_customer = match resolver.verify(state, turn, first_turn).await? {
+            VerifyStep::Proceed { other_customer } => other_customer,
+            // A lock or a one-time code: our own words, not the model's.
+            VerifyStep::Reply(outcome) => return Ok(outcome),
+        };
 
         let customer = match &state.verified_customer {
             Some(id) => resolver

@@ -145,10 +145,24 @@ impl Agent {
                 templates: Arc::new(templates),
                 search,
                 policy_chunks: Arc::new(chunks.into_iter().map(|c| (c.id.clone(), c)).collect()),
+                limits: crate::verification::Limits::default(),
+                code_mail_attempts: None,
             },
             llm,
             locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the verification limits (`[verification]`) and whether one-time codes can be
+    /// emailed (`Some(delivery attempts)` when the store sends email).
+    pub fn with_verification(
+        mut self,
+        limits: crate::verification::Limits,
+        code_mail_attempts: Option<i64>,
+    ) -> Agent {
+        self.resolver.limits = limits;
+        self.resolver.code_mail_attempts = code_mail_attempts;
+        self
     }
 
     /// Whether replies come from an LLM (else the offline resolver).
@@ -183,16 +197,28 @@ impl Agent {
         let store = &self.resolver.store;
         let mut state =
             DialogueState::from_value(&store.conversation_state(inbound.conversation_id).await?);
+        let now = crate::util::now_ms();
+        let limits = &self.resolver.limits;
+        // A verification older than the link lifetime lapses: the shopper proves it again.
+        if state.verified_customer.is_some() && !limits.link_is_fresh(state.verified_at, now) {
+            state.verified_customer = None;
+            state.verified_at = None;
+            state.verified_by = None;
+            state.task = None;
+        }
         let before = state.verified_customer.clone();
         let identity = match inbound.identity_id {
             Some(id) => store.get_identity(id).await?,
             None => None,
         };
+        // A link remembered on the sender's identity counts while it is fresh.
         let linked = identity
             .as_ref()
-            .filter(|i| i.verified)
+            .filter(|i| i.verified && limits.link_is_fresh(i.verified_at, now))
             .and_then(|i| i.customer_id.clone());
         let turn = Turn {
+            conversation_id: inbound.conversation_id,
+            identity_id: inbound.identity_id,
             text: inbound.text,
             channel: inbound.channel,
             sender_email: inbound.sender_email,
@@ -204,7 +230,7 @@ impl Agent {
             verify_from_claims: inbound.verify_from_claims,
             vouched_customer: inbound.vouched_customer,
             linked_customer: linked.as_deref(),
-            now: crate::util::now_ms(),
+            now,
         };
         let outcome = match &self.llm {
             None => self.resolver.respond(&mut state, &turn).await?,
@@ -234,14 +260,26 @@ impl Agent {
                 }
             }
         };
+        let newly_verified = state
+            .verified_customer
+            .clone()
+            .filter(|c| before.as_ref() != Some(c));
+        let from_link = state.verified_by.as_deref() == Some("link");
+        if newly_verified.is_some() && from_link {
+            // Reusing a link does not renew it: the conversation lapses when the link does.
+            state.verified_at = identity.as_ref().and_then(|i| i.verified_at);
+        }
         store
             .save_conversation_state(inbound.conversation_id, &state.to_value())
             .await?;
-        if let Some(c) = &state.verified_customer
-            && before.as_ref() != Some(c)
-        {
+        if let Some(c) = &newly_verified {
+            // The conversation is the customer's; the sender's identity remembers it only when
+            // the channel allows and this was a fresh proof.
+            let identity_id = inbound
+                .identity_id
+                .filter(|_| inbound.identity_linkable && !from_link);
             store
-                .link_verified_customer(inbound.conversation_id, inbound.identity_id, c)
+                .link_verified_customer(inbound.conversation_id, identity_id, c)
                 .await?;
         }
         let message = store

@@ -13,6 +13,14 @@ use crate::commerce::Address;
 pub struct DialogueState {
     /// The one customer this conversation is about, once proven.
     pub verified_customer: Option<String>,
+    /// When it was proven (a verification older than `[verification] link_ttl_days` lapses).
+    pub verified_at: Option<i64>,
+    /// How it was proven: "claims", "code", "channel", "credential" or "link" (an earlier
+    /// verification remembered on the sender's identity, which a new conversation reuses
+    /// without renewing it).
+    pub verified_by: Option<String>,
+    /// The address a one-time code was emailed to in this conversation (never shown).
+    pub code_email: Option<String>,
     /// Identity claims collected before verification.
     pub claimed_email: Option<String>,
     pub claimed_orders: Vec<String>,

@@ -7,6 +7,9 @@
 //!   auto-approval limit, which is also the default), `categories`, `expires_in` ("1h", at most
 //!   7 days) and `over_limit` ("refuse" or "escalate"). Answers 201 with the token. A failed
 //!   verification says only that it failed (no hint whether the order or the email was wrong).
+//!   Failed order + email attempts count per agent, per claimed email (its customer) and per
+//!   the order's customer under `[verification]`; a locked scope answers 429
+//!   `verification_locked` with `Retry-After`, and no claim is checked until it opens.
 //! - `POST /agent/v1/delegations/code` (signed): `{"email"}` — emails the customer a 6-digit
 //!   code, valid 10 minutes, 5 attempts. Answers 202 whether or not the email is a customer's.
 //! - `GET /agent/v1/whoami`: the verified caller (agent and grant), for debugging a signature.
@@ -25,14 +28,10 @@ use serde_json::{Value, json};
 use super::{Caller, GatewayError, SignedRequest, authenticate, idempotency, service_key, tokens};
 use crate::app::AppState;
 use crate::commerce::{Minor, format_minor, parse_minor};
-use crate::util::{constant_time_eq, now_ms, rfc3339, sha256_hex};
+use crate::util::{now_ms, rfc3339};
+use crate::verification::{self, CodeCheck, Limits};
 
-/// How long a one-time code is valid.
-pub const CODE_TTL_MS: i64 = 10 * 60 * 1000;
-/// Guesses allowed per code.
-pub const CODE_MAX_ATTEMPTS: i64 = 5;
-/// Codes an agent may have sent to one address per [`CODE_TTL_MS`].
-pub const CODE_MAX_SENDS: i64 = 3;
+pub use crate::verification::{CODE_MAX_ATTEMPTS, CODE_MAX_SENDS, CODE_TTL_MS};
 /// Longest delegation an agent may ask for.
 pub const MAX_DELEGATION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Delegation length when the request does not say.
@@ -294,13 +293,83 @@ async fn delegate(
         .map(str::to_string);
     let mut fingerprint = b"POST /agent/v1/delegations\n".to_vec();
     fingerprint.extend_from_slice(&body);
-    idempotency::run(&state, &agent.id, key.as_deref(), &fingerprint, async {
+    let mut resp = idempotency::run(&state, &agent.id, key.as_deref(), &fingerprint, async {
         match issue_delegation(&state, &agent, &body).await {
             Ok(v) => v,
             Err(e) => gateway_error(&e),
         }
     })
-    .await
+    .await;
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        // A lock's opening time, computed now (a replayed answer gets a fresh one).
+        let secs = delegation_lock(&state, &agent.id, &body)
+            .await
+            .map_or(60, |l| l.retry_after_secs(now_ms()));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+/// The scopes an order + email attempt counts against: the agent, the claimed email (its
+/// customer when it is one), and the order's customer.
+async fn delegation_scopes(
+    state: &AppState,
+    limits: &Limits,
+    agent_id: &str,
+    order_ref: &str,
+    email: &str,
+) -> Result<Vec<crate::store::AttemptScope>, GatewayError> {
+    let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
+    let mut scopes = vec![limits.agent(agent_id)];
+    match state
+        .store
+        .find_customer_by_email(&email.trim().to_lowercase())
+        .await
+        .map_err(internal)?
+    {
+        Some(c) => scopes.push(limits.customer(&c.id)),
+        None => scopes.push(limits.email(email)),
+    }
+    if let Some(order) = state.store.find_order(order_ref).await.map_err(internal)?
+        && let Some(c) = &order.customer_id
+    {
+        scopes.push(limits.customer(c));
+    }
+    Ok(scopes)
+}
+
+/// The lock that holds for this delegation request now, if any.
+async fn delegation_lock(
+    state: &AppState,
+    agent_id: &str,
+    body: &[u8],
+) -> Option<verification::Lock> {
+    let body = parse_body(body).ok()?;
+    let order = str_field(&body, "order_id").ok().flatten()?;
+    let email = str_field(&body, "email").ok().flatten()?;
+    let limits = Limits::new(state.config.verification.clone());
+    let scopes = delegation_scopes(state, &limits, agent_id, order, email)
+        .await
+        .ok()?;
+    verification::locked(&state.store, &limits, &scopes, now_ms())
+        .await
+        .ok()
+        .flatten()
+}
+
+fn verification_locked(lock: &verification::Lock, now: i64) -> (StatusCode, Value) {
+    let minutes = (lock.retry_after_secs(now) + 59) / 60;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": {"code": "verification_locked", "message": format!(
+            "too many failed verifications for this agent or this customer; order + email \
+             attempts are locked for {minutes} more minute(s). Ask the customer for a one-time \
+             code instead (POST /agent/v1/delegations/code)"),
+            "retry_after_secs": lock.retry_after_secs(now)}}),
+    )
 }
 
 async fn issue_delegation(
@@ -333,10 +402,29 @@ async fn issue_delegation(
     };
     let now = now_ms();
     let (customer_id, via) = match (order_id, email, code) {
-        (Some(order), Some(email), None) => match verify_order_email(state, order, email).await? {
-            Some(c) => (c, "order_email"),
-            None => return Ok(verification_failed()),
-        },
+        (Some(order), Some(email), None) => {
+            let limits = Limits::new(state.config.verification.clone());
+            let scopes = delegation_scopes(state, &limits, &agent.id, order, email).await?;
+            let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
+            let ticket = match verification::begin(&state.store, &limits, &scopes, None, now)
+                .await
+                .map_err(internal)?
+            {
+                Ok(t) => t,
+                Err(lock) => return Ok(verification_locked(&lock, now)),
+            };
+            let found = verify_order_email(state, order, email).await;
+            let passed = matches!(found, Ok(Some(_)));
+            state
+                .store
+                .close_verification_attempt(&ticket, passed)
+                .await
+                .map_err(internal)?;
+            match found? {
+                Some(c) => (c, "order_email"),
+                None => return Ok(verification_failed()),
+            }
+        }
         (None, Some(email), Some(code)) => {
             match redeem_code(state, &agent.id, email, code, now).await? {
                 Ok(c) => (c, "email_code"),
@@ -381,10 +469,6 @@ async fn issue_delegation(
     ))
 }
 
-fn code_hash(code_id: &str, code: &str) -> String {
-    sha256_hex(format!("concierge-delegation-code:{code_id}:{code}").as_bytes())
-}
-
 /// Checks a one-time code: the customer it was sent for, or the refusal to answer.
 async fn redeem_code(
     state: &AppState,
@@ -393,58 +477,35 @@ async fn redeem_code(
     code: &str,
     now: i64,
 ) -> Result<Result<String, (StatusCode, Value)>, GatewayError> {
-    let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
     let refuse = |code: &str, message: String| {
         Err((
             StatusCode::FORBIDDEN,
             json!({"error": {"code": code, "message": message}}),
         ))
     };
-    let email = email.trim().to_lowercase();
-    let Some(stored) = state
-        .store
-        .active_delegation_code(agent_id, &email, now)
+    let check = verification::redeem_code(&state.store, agent_id, email, code, now)
         .await
-        .map_err(internal)?
-    else {
-        return Ok(refuse(
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    Ok(match check {
+        CodeCheck::Verified(customer) => Ok(customer),
+        CodeCheck::NoCode => refuse(
             "code_invalid",
             "there is no valid code for this email: request one at POST /agent/v1/delegations/code"
                 .into(),
-        ));
-    };
-    let Some(attempt) = state
-        .store
-        .count_code_attempt(&stored.id, CODE_MAX_ATTEMPTS)
-        .await
-        .map_err(internal)?
-    else {
-        return Ok(refuse(
+        ),
+        CodeCheck::AttemptsExceeded => refuse(
             "code_attempts_exceeded",
             format!(
                 "this code was tried {CODE_MAX_ATTEMPTS} times; request a new one at POST \
                  /agent/v1/delegations/code"
             ),
-        ));
-    };
-    let given = code_hash(&stored.id, code.trim());
-    if !constant_time_eq(given.as_bytes(), stored.code_hash.as_bytes()) {
-        let left = CODE_MAX_ATTEMPTS - attempt;
-        return Ok(refuse(
+        ),
+        CodeCheck::Wrong { left } => refuse(
             "code_invalid",
             format!("the code is not right; {left} attempt(s) left"),
-        ));
-    }
-    if stored.customer_id.is_empty()
-        || !state
-            .store
-            .use_delegation_code(&stored.id, now)
-            .await
-            .map_err(internal)?
-    {
-        return Ok(refuse("code_invalid", "this code was already used".into()));
-    }
-    Ok(Ok(stored.customer_id))
+        ),
+        CodeCheck::Used => refuse("code_invalid", "this code was already used".into()),
+    })
 }
 
 async fn send_code(
@@ -497,12 +558,18 @@ async fn send_code(
         Err(e) => return respond(gateway_error(&GatewayError::Internal(e.to_string()))),
     };
     let now = now_ms();
-    match state
-        .store
-        .count_delegation_codes(&agent.id, &email, now - CODE_TTL_MS)
-        .await
-    {
-        Ok(n) if n >= CODE_MAX_SENDS => {
+    let issued = verification::issue_code(
+        &state.store,
+        &agent.id,
+        customer.as_ref().map(|c| c.id.as_str()),
+        &email,
+        None,
+        now,
+    )
+    .await;
+    let code = match issued {
+        Ok(Ok(code)) => code,
+        Ok(Err(verification::CodeRefused::TooMany)) => {
             let mut resp = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_codes",
@@ -517,26 +584,8 @@ async fn send_code(
             );
             return resp;
         }
-        Ok(_) => {}
         Err(e) => return respond(gateway_error(&GatewayError::Internal(e.to_string()))),
-    }
-    let code = format!("{:06}", rand::random_range(0..1_000_000u32));
-    let id = crate::util::new_id("dcd");
-    let hash = code_hash(&id, &code);
-    let record = crate::store::NewDelegationCode {
-        id: &id,
-        agent_id: &agent.id,
-        // An unknown address gets a row too (for no customer, with a code nobody is told), so
-        // the answer and the rate limit are the same whether or not it is a customer's.
-        customer_id: customer.as_ref().map(|c| c.id.as_str()).unwrap_or(""),
-        email: &email,
-        code_hash: &hash,
-        expires_at: now + CODE_TTL_MS,
-        created_at: now,
     };
-    if let Err(e) = state.store.insert_delegation_code(&record).await {
-        return respond(gateway_error(&GatewayError::Internal(e.to_string())));
-    }
     if customer.is_none() {
         return respond(accepted);
     }

@@ -649,6 +649,18 @@ impl Store {
         get_i64(&row, "n")
     }
 
+    /// How many codes were sent to `email` since `since`, whoever asked.
+    pub async fn count_codes_to_address(&self, email: &str, since: Millis) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM delegation_codes WHERE email = $1 AND created_at >= $2",
+        )
+        .bind(email)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        get_i64(&row, "n")
+    }
+
     /// The newest unused, unexpired code for (`agent_id`, `email`).
     pub async fn active_delegation_code(
         &self,

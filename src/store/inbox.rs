@@ -149,6 +149,9 @@ pub struct Identity {
     pub verified: bool,
     pub display_name: Option<String>,
     pub email: Option<String>,
+    /// When the link to the customer was last proven (a link expires after
+    /// `[verification] link_ttl_days`).
+    pub verified_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,13 +259,14 @@ impl Store {
         };
         let identity_id = new_id("idn");
         sqlx::query(
-            "INSERT INTO identities (id, channel, external_id, customer_id, verified, display_name, email, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+            "INSERT INTO identities (id, channel, external_id, customer_id, verified, verified_at, display_name, email, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 = 1 THEN $8 ELSE NULL END, $6, $7, $8, $8) \
              ON CONFLICT (channel, external_id) DO UPDATE SET \
                display_name = COALESCE(excluded.display_name, identities.display_name), \
                email = COALESCE(excluded.email, identities.email), \
                customer_id = COALESCE(excluded.customer_id, identities.customer_id), \
                verified = CASE WHEN excluded.verified = 1 THEN 1 ELSE identities.verified END, \
+               verified_at = CASE WHEN excluded.verified = 1 THEN excluded.verified_at ELSE identities.verified_at END, \
                updated_at = excluded.updated_at",
         )
         .bind(identity_id.as_str())
@@ -461,6 +465,7 @@ impl Store {
                 verified: get_i64(&r, "verified")? != 0,
                 display_name: get_opt_str(&r, "display_name")?,
                 email: get_opt_str(&r, "email")?,
+                verified_at: get_opt_i64(&r, "verified_at")?,
             })
         })
         .transpose()
@@ -601,8 +606,9 @@ impl Store {
     }
 
     /// Records that the person behind an identity proved to be this customer: the identity
-    /// stays linked (a Telegram or chat user is recognized next time) and the conversation is
-    /// theirs.
+    /// stays linked (a Telegram or chat user is recognized next time, until the link expires;
+    /// `verified_at` is now) and the conversation is theirs. `identity_id` is None when the
+    /// channel must not remember the link.
     pub async fn link_verified_customer(
         &self,
         conversation_id: &str,
@@ -613,7 +619,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         if let Some(identity) = identity_id {
             sqlx::query(
-                "UPDATE identities SET customer_id = $2, verified = 1, updated_at = $3 WHERE id = $1",
+                "UPDATE identities SET customer_id = $2, verified = 1, verified_at = $3, updated_at = $3 WHERE id = $1",
             )
             .bind(identity)
             .bind(customer_id)

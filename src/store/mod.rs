@@ -16,6 +16,7 @@ mod jobs;
 mod limits;
 mod outbox;
 mod staff;
+mod verification;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -41,6 +42,7 @@ pub use jobs::{Job, JobStatus};
 pub use limits::LoginReservation;
 pub use outbox::{Delivery, JOB_DELIVER};
 pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
+pub use verification::{AttemptGate, AttemptScope, AttemptTicket, VerificationLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

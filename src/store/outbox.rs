@@ -80,6 +80,66 @@ impl Store {
             .ok_or_else(|| super::StoreError::Conflict(format!("delivery {key} vanished")))
     }
 
+    /// Emails a customer at an address on file, outside any shopper's conversation (a one-time
+    /// code): a conversation of its own on the email channel (resolved; a reply threads to it),
+    /// the message, and its delivery through the outbox.
+    pub async fn send_account_email(
+        &self,
+        to: &str,
+        customer_id: &str,
+        subject: &str,
+        text: &str,
+        max_attempts: i64,
+    ) -> StoreResult<Delivery> {
+        let now = now_ms();
+        let to = to.trim().to_lowercase();
+        let conversation_id = new_id("cnv");
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO identities (id, channel, external_id, email, created_at, updated_at) \
+             VALUES ($1, 'email', $2, $2, $3, $3) ON CONFLICT (channel, external_id) DO NOTHING",
+        )
+        .bind(new_id("idn"))
+        .bind(to.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let identity =
+            sqlx::query("SELECT id FROM identities WHERE channel = 'email' AND external_id = $1")
+                .bind(to.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let identity_id = get_str(&identity, "id")?;
+        sqlx::query(
+            "INSERT INTO conversations (id, channel, thread_key, identity_id, customer_id, status, subject, created_at, updated_at, resolved_at) \
+             VALUES ($1, 'email', $2, $3, $4, 'resolved', $5, $6, $6, $6)",
+        )
+        .bind(conversation_id.as_str())
+        .bind(format!("account:{conversation_id}"))
+        .bind(identity_id.as_str())
+        .bind(customer_id)
+        .bind(subject)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let message = self
+            .append_message(
+                &conversation_id,
+                &super::NewMessage {
+                    direction: super::Direction::Outbound,
+                    author_kind: super::AuthorKind::BrandAgent,
+                    author_id: None,
+                    text: text.to_string(),
+                    html: None,
+                    meta: json!({"account_email": true}),
+                },
+            )
+            .await?;
+        self.enqueue_delivery(&message.id, &conversation_id, "email", max_attempts)
+            .await
+    }
+
     async fn delivery_by_key(&self, key: &str) -> StoreResult<Option<Delivery>> {
         let row = sqlx::query("SELECT * FROM deliveries WHERE idempotency_key = $1")
             .bind(key)

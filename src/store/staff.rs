@@ -504,6 +504,7 @@ impl Store {
                     verified: get_i64(r, "verified")? != 0,
                     display_name: get_opt_str(r, "display_name")?,
                     email: get_opt_str(r, "email")?,
+                    verified_at: super::get_opt_i64(r, "verified_at")?,
                 })
             })
             .collect()

@@ -267,6 +267,50 @@ pub async fn status(
     Ok(back(&id))
 }
 
+/// Lifts the verification locks that hold on this conversation (its own, its sender's, the
+/// customer's it claimed) as the signed-in staff member; recorded in the action log.
+pub async fn unlock_verification(
+    State(web): State<WebState>,
+    Path(id): Path<String>,
+    post: Post,
+) -> Result<Response, WebError> {
+    let conv = conversation(&web, &id).await?;
+    let store = &web.app.store;
+    let now = now_ms();
+    let limits = crate::verification::Limits::new(web.app.config.verification.clone());
+    let Some(lock) = crate::verification::conversation_locks(store, &limits, &id, now).await?
+    else {
+        post.auth
+            .flash(&web, "Verification is not locked here.")
+            .await?;
+        return Ok(back(&id));
+    };
+    let scopes: Vec<String> = lock.scopes.iter().map(|l| l.scope.clone()).collect();
+    let lifted = store
+        .lift_verification_locks(&scopes, post.auth.staff_id(), now)
+        .await?;
+    let customer = conv.customer_id.clone().or_else(|| {
+        scopes
+            .iter()
+            .find_map(|s| s.strip_prefix("customer:").map(str::to_string))
+    });
+    let request = crate::store::Store::action_request(
+        "lift_verification_lock",
+        serde_json::json!({"conversation_id": id, "scopes": scopes, "attempts_lifted": lifted}),
+        now,
+    )
+    .by("staff", Some(post.auth.staff_id()))
+    .for_customer(customer.as_deref());
+    store.record_action(&request, None, "recorded").await?;
+    post.auth
+        .flash(
+            &web,
+            "Verification lock lifted: the shopper can prove who they are again.",
+        )
+        .await?;
+    Ok(back(&id))
+}
+
 /// Tags from "refund, VIP,  late delivery": trimmed, lower-cased, without repeats.
 pub fn parse_tags(text: &str) -> Result<Vec<String>, String> {
     let mut tags: Vec<String> = Vec::new();

@@ -129,6 +129,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/inbox/c/{id}/status", post(actions::status))
         .route("/inbox/c/{id}/tags", post(actions::tags))
         .route("/inbox/c/{id}/order", post(actions::order))
+        .route(
+            "/inbox/c/{id}/verification/unlock",
+            post(actions::unlock_verification),
+        )
         .route("/inbox/staff", get(views::staff).post(actions::add_staff))
         .route("/inbox/staff/{id}", post(actions::update_staff))
         .route("/inbox/agents", get(views::agents))

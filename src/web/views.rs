@@ -671,6 +671,18 @@ pub async fn conversation(
         "cancel_reasons".into(),
         json!(web.app.policy.actions.cancel_order.reasons),
     );
+    let limits = crate::verification::Limits::new(web.app.config.verification.clone());
+    let lock = crate::verification::conversation_locks(store, &limits, &id, now).await?;
+    data.insert(
+        "verification_lock".into(),
+        json!(lock.map(|l| json!({
+            "until": when(l.until),
+            "scopes": l.scopes.iter().map(|s| json!({
+                "what": crate::verification::describe_scope(&s.scope),
+                "failures": s.failures,
+            })).collect::<Vec<_>>(),
+        }))),
+    );
     web.page("conversation", &data)
 }
 

@@ -19,4 +19,5 @@ mod smtp_sink;
 mod store;
 mod telegram;
 mod tools;
+mod verification;
 mod webchat;
