@@ -12,6 +12,8 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod import;

@@ -23,12 +23,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
+/// Compares two byte strings (secrets, MACs, tokens) in time that depends only on their
+/// lengths, by `subtle`.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// A random token of `bytes` random bytes, base64url without padding.
@@ -41,10 +40,18 @@ pub fn random_token(bytes: usize) -> String {
 }
 
 /// A secret from configuration (an API key, a database URL with a password). Its `Debug` and
-/// `Display` never show the value.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Display` never show the value; two are compared in constant time.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {

@@ -152,7 +152,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Checks `X-Shopify-Hmac-Sha256` = base64(HMAC-SHA256(secret, raw body)), in constant time.
-fn verify_hmac(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+pub(crate) fn verify_hmac(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
     let Some(given) = header(headers, HMAC_HEADER) else {
         return Err(ApiError::Unauthorized(
             "missing X-Shopify-Hmac-Sha256 header: Shopify webhooks must be signed".into(),
@@ -268,7 +268,7 @@ async fn release(store: &Store, claim: &ClaimToken) {
 // Topics
 
 /// A webhook body, parsed for its topic.
-enum Parsed {
+pub(crate) enum Parsed {
     Orders(ImportBatch),
     Fulfillment(String, Fulfillment),
     Refund(Refund),
@@ -289,7 +289,7 @@ struct Outcome {
 impl Parsed {
     /// Parses `body` for `topic`; None for a topic this service does not use. A body that does
     /// not parse is a 422 naming the field.
-    fn from_body(topic: &str, body: &[u8]) -> Result<Option<Parsed>, ApiError> {
+    pub(crate) fn from_body(topic: &str, body: &[u8]) -> Result<Option<Parsed>, ApiError> {
         let label = format!("{topic} webhook");
         let unprocessable = |e: crate::import::ImportError| ApiError::Unprocessable(e.to_string());
         Ok(Some(match topic {

@@ -256,7 +256,7 @@ fn rpc_result(id: &Value, result: Value) -> Response {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub(crate) enum Op {
     Send,
     Stream,
     Get,
@@ -319,71 +319,14 @@ async fn rpc(
             );
         }
     }
-    let req: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return rpc_error(
-                &null,
-                RpcError::new(
-                    -32700,
-                    format!("Parse error: the body is not valid JSON: {e}"),
-                ),
-            );
-        }
-    };
-    let Value::Object(obj) = req else {
-        let what = if req.is_array() {
-            "batch requests are not supported; send one request object"
-        } else {
-            "the body must be a JSON-RPC request object"
-        };
-        return rpc_error(
-            &null,
-            RpcError::new(-32600, format!("Invalid Request: {what}")),
-        );
-    };
-    let id = obj.get("id").cloned().unwrap_or(Value::Null);
-    if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
-        return rpc_error(
-            &null,
-            RpcError::new(
-                -32600,
-                "Invalid Request: id must be a string, a number or null",
-            ),
-        );
-    }
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return rpc_error(
-            &id,
-            RpcError::new(-32600, "Invalid Request: jsonrpc must be \"2.0\""),
-        );
-    }
-    let Some(method_name) = obj.get("method").and_then(Value::as_str) else {
-        return rpc_error(
-            &id,
-            RpcError::new(-32600, "Invalid Request: method must be a string"),
-        );
-    };
-    let Some((dialect, op)) = method_op(method_name) else {
-        return rpc_error(
-            &id,
-            RpcError::new(
-                -32601,
-                format!(
-                    "Method not found: {method_name:?}; this agent serves SendMessage, \
-                     SendStreamingMessage, GetTask, ListTasks, CancelTask, SubscribeToTask \
-                     (and the 0.3 names message/send, message/stream, tasks/get, tasks/list, \
-                     tasks/cancel, tasks/resubscribe)"
-                ),
-            ),
-        );
-    };
-    let params = match obj.get("params") {
-        None | Some(Value::Null) => json!({}),
-        Some(p @ Value::Object(_)) => p.clone(),
-        Some(_) => {
-            return rpc_error(&id, RpcError::invalid_params("params must be an object"));
-        }
+    let Envelope {
+        id,
+        dialect,
+        op,
+        params,
+    } = match read_envelope(&body) {
+        Ok(e) => e,
+        Err((id, e)) => return rpc_error(&id, e),
     };
     let signed = SignedRequest {
         method: &method,
@@ -433,6 +376,90 @@ async fn rpc(
     }
 }
 
+/// A JSON-RPC request's envelope: its id, method and params, checked before the caller is.
+pub(crate) struct Envelope {
+    pub(crate) id: Value,
+    pub(crate) dialect: Dialect,
+    pub(crate) op: Op,
+    pub(crate) params: Value,
+}
+
+/// Reads a request body into its envelope, or the error to answer with (and the id to answer to).
+pub(crate) fn read_envelope(body: &[u8]) -> Result<Envelope, (Value, RpcError)> {
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err((
+                Value::Null,
+                RpcError::new(
+                    -32700,
+                    format!("Parse error: the body is not valid JSON: {e}"),
+                ),
+            ));
+        }
+    };
+    let Value::Object(obj) = req else {
+        let what = if req.is_array() {
+            "batch requests are not supported; send one request object"
+        } else {
+            "the body must be a JSON-RPC request object"
+        };
+        return Err((
+            Value::Null,
+            RpcError::new(-32600, format!("Invalid Request: {what}")),
+        ));
+    };
+    let id = obj.get("id").cloned().unwrap_or(Value::Null);
+    if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
+        return Err((
+            Value::Null,
+            RpcError::new(
+                -32600,
+                "Invalid Request: id must be a string, a number or null",
+            ),
+        ));
+    }
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err((
+            id,
+            RpcError::new(-32600, "Invalid Request: jsonrpc must be \"2.0\""),
+        ));
+    }
+    let Some(method_name) = obj.get("method").and_then(Value::as_str) else {
+        return Err((
+            id,
+            RpcError::new(-32600, "Invalid Request: method must be a string"),
+        ));
+    };
+    let Some((dialect, op)) = method_op(method_name) else {
+        return Err((
+            id,
+            RpcError::new(
+                -32601,
+                format!(
+                    "Method not found: {method_name:?}; this agent serves SendMessage, \
+                     SendStreamingMessage, GetTask, ListTasks, CancelTask, SubscribeToTask \
+                     (and the 0.3 names message/send, message/stream, tasks/get, tasks/list, \
+                     tasks/cancel, tasks/resubscribe)"
+                ),
+            ),
+        ));
+    };
+    let params = match obj.get("params") {
+        None | Some(Value::Null) => json!({}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            return Err((id, RpcError::invalid_params("params must be an object")));
+        }
+    };
+    Ok(Envelope {
+        id,
+        dialect,
+        op,
+        params,
+    })
+}
+
 /// Whose tasks and contexts a caller sees: the signing agent's, or the public ones.
 pub fn scope_of(caller: &Caller) -> String {
     caller
@@ -442,7 +469,7 @@ pub fn scope_of(caller: &Caller) -> String {
         .unwrap_or_else(|| "public".to_string())
 }
 
-fn str_param<'a>(params: &'a Value, key: &str) -> Result<Option<&'a str>, RpcError> {
+pub(crate) fn str_param<'a>(params: &'a Value, key: &str) -> Result<Option<&'a str>, RpcError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -450,7 +477,7 @@ fn str_param<'a>(params: &'a Value, key: &str) -> Result<Option<&'a str>, RpcErr
     }
 }
 
-fn uint_param(params: &Value, key: &str) -> Result<Option<usize>, RpcError> {
+pub(crate) fn uint_param(params: &Value, key: &str) -> Result<Option<usize>, RpcError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -463,7 +490,7 @@ fn uint_param(params: &Value, key: &str) -> Result<Option<usize>, RpcError> {
     }
 }
 
-fn task_id_param(params: &Value) -> Result<&str, RpcError> {
+pub(crate) fn task_id_param(params: &Value) -> Result<&str, RpcError> {
     match str_param(params, "id")? {
         Some(s) if !s.trim().is_empty() => Ok(s),
         _ => Err(RpcError::invalid_params("id (the task id) is required")),
@@ -473,7 +500,7 @@ fn task_id_param(params: &Value) -> Result<&str, RpcError> {
 // ---- SendMessage ----
 
 /// What a new message will do.
-enum Work {
+pub(crate) enum Work {
     Call(GatewayCall),
     Text(String),
 }
@@ -485,12 +512,12 @@ enum Prepared {
     Run(Box<Task>, Work),
 }
 
-struct SendParams {
-    message: Message,
-    history_length: Option<usize>,
+pub(crate) struct SendParams {
+    pub(crate) message: Message,
+    pub(crate) history_length: Option<usize>,
 }
 
-fn parse_send(params: &Value) -> Result<SendParams, RpcError> {
+pub(crate) fn parse_send(params: &Value) -> Result<SendParams, RpcError> {
     let m = params
         .get("message")
         .ok_or_else(|| RpcError::invalid_params("message is required"))?;
@@ -511,7 +538,7 @@ fn parse_send(params: &Value) -> Result<SendParams, RpcError> {
 }
 
 /// The message's request: a data part naming an action, else its text.
-fn work_of(m: &Message) -> Result<Work, RpcError> {
+pub(crate) fn work_of(m: &Message) -> Result<Work, RpcError> {
     for (i, p) in m.parts.iter().enumerate() {
         if let Part::Data(d) = p {
             let Some(obj) = d.as_object() else {
@@ -983,7 +1010,7 @@ fn page_token(t: &Task) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{}", t.updated_at, t.id))
 }
 
-fn parse_page_token(s: &str) -> Option<(i64, String)> {
+pub(crate) fn parse_page_token(s: &str) -> Option<(i64, String)> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()?;

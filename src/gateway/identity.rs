@@ -249,225 +249,14 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-// ---- parsing (RFC 8941 structured fields, the subset RFC 9421 uses) ----
+// ---- parsing (RFC 8941 structured fields, by the `sfv` crate) ----
 
-/// A parameter value.
-#[derive(Debug, Clone, PartialEq)]
-enum Bare {
-    Int(i64),
-    Str(String),
-    Token(String),
-    Bytes(Vec<u8>),
-    Bool(bool),
-}
-
-/// One dictionary member of `Signature-Input` or `Signature`.
-#[derive(Debug, Clone, PartialEq)]
-enum Member {
-    /// An inner list of component names with its parameters, and its text as sent.
-    List {
-        items: Vec<String>,
-        params: Vec<(String, Bare)>,
-        raw: String,
-    },
-    Item(Bare),
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn new(s: &'a str) -> Parser<'a> {
-        Parser {
-            s: s.as_bytes(),
-            i: 0,
-        }
-    }
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-    fn skip_sp(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t')) {
-            self.i += 1;
-        }
-    }
-    fn key(&mut self) -> Result<String, String> {
-        let start = self.i;
-        match self.peek() {
-            Some(c) if c.is_ascii_lowercase() || c == b'*' => self.i += 1,
-            _ => return Err(format!("expected a lower-case key at offset {}", self.i)),
-        }
-        while matches!(self.peek(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.*".contains(&c))
-        {
-            self.i += 1;
-        }
-        Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
-    }
-    fn string(&mut self) -> Result<String, String> {
-        // at '"'
-        self.i += 1;
-        let mut out = String::new();
-        loop {
-            match self.peek() {
-                None => return Err("a string is not closed".into()),
-                Some(b'\\') => {
-                    self.i += 1;
-                    match self.peek() {
-                        Some(c @ (b'"' | b'\\')) => {
-                            out.push(c as char);
-                            self.i += 1;
-                        }
-                        _ => return Err("bad escape in a string".into()),
-                    }
-                }
-                Some(b'"') => {
-                    self.i += 1;
-                    return Ok(out);
-                }
-                Some(c) if (0x20..0x7f).contains(&c) => {
-                    out.push(c as char);
-                    self.i += 1;
-                }
-                Some(_) => return Err("a string holds a character outside printable ASCII".into()),
-            }
-        }
-    }
-    fn bare(&mut self) -> Result<Bare, String> {
-        match self.peek() {
-            Some(b'"') => Ok(Bare::Str(self.string()?)),
-            Some(b':') => {
-                self.i += 1;
-                let start = self.i;
-                while matches!(self.peek(), Some(c) if c != b':') {
-                    self.i += 1;
-                }
-                if self.peek() != Some(b':') {
-                    return Err("a byte sequence is not closed with ':'".into());
-                }
-                let text = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
-                self.i += 1;
-                let bytes = STANDARD
-                    .decode(&text)
-                    .or_else(|_| STANDARD_NO_PAD.decode(&text))
-                    .map_err(|_| "a byte sequence is not valid base64".to_string())?;
-                Ok(Bare::Bytes(bytes))
-            }
-            Some(b'?') => {
-                self.i += 1;
-                match self.peek() {
-                    Some(b'1') => {
-                        self.i += 1;
-                        Ok(Bare::Bool(true))
-                    }
-                    Some(b'0') => {
-                        self.i += 1;
-                        Ok(Bare::Bool(false))
-                    }
-                    _ => Err("a boolean must be ?0 or ?1".into()),
-                }
-            }
-            Some(c) if c == b'-' || c.is_ascii_digit() => {
-                let start = self.i;
-                self.i += 1;
-                while matches!(self.peek(), Some(c) if c.is_ascii_digit()) {
-                    self.i += 1;
-                }
-                let text = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
-                text.parse::<i64>()
-                    .map(Bare::Int)
-                    .map_err(|_| format!("{text:?} is not an integer"))
-            }
-            Some(c) if c.is_ascii_alphabetic() || c == b'*' => {
-                let start = self.i;
-                while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c))
-                {
-                    self.i += 1;
-                }
-                Ok(Bare::Token(
-                    String::from_utf8_lossy(&self.s[start..self.i]).into_owned(),
-                ))
-            }
-            _ => Err(format!("unexpected character at offset {}", self.i)),
-        }
-    }
-    fn params(&mut self) -> Result<Vec<(String, Bare)>, String> {
-        let mut out = Vec::new();
-        while self.peek() == Some(b';') {
-            self.i += 1;
-            self.skip_sp();
-            let k = self.key()?;
-            let v = if self.peek() == Some(b'=') {
-                self.i += 1;
-                self.bare()?
-            } else {
-                Bare::Bool(true)
-            };
-            out.push((k, v));
-        }
-        Ok(out)
-    }
-    fn member(&mut self) -> Result<Member, String> {
-        if self.peek() == Some(b'(') {
-            let start = self.i;
-            self.i += 1;
-            let mut items = Vec::new();
-            loop {
-                self.skip_sp();
-                match self.peek() {
-                    Some(b')') => {
-                        self.i += 1;
-                        break;
-                    }
-                    Some(b'"') => {
-                        let name = self.string()?;
-                        if self.peek() == Some(b';') {
-                            return Err(format!(
-                                "component {name:?} has parameters, which Concierge does not support"
-                            ));
-                        }
-                        items.push(name);
-                    }
-                    _ => return Err("an inner list holds something other than strings".into()),
-                }
-            }
-            let params = self.params()?;
-            let raw = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
-            Ok(Member::List { items, params, raw })
-        } else {
-            let b = self.bare()?;
-            let _ = self.params()?;
-            Ok(Member::Item(b))
-        }
-    }
-    fn dictionary(&mut self) -> Result<Vec<(String, Member)>, String> {
-        let mut out = Vec::new();
-        self.skip_sp();
-        while self.i < self.s.len() {
-            let k = self.key()?;
-            if self.peek() != Some(b'=') {
-                return Err(format!("{k:?} has no value"));
-            }
-            self.i += 1;
-            let m = self.member()?;
-            out.push((k, m));
-            self.skip_sp();
-            match self.peek() {
-                None => break,
-                Some(b',') => {
-                    self.i += 1;
-                    self.skip_sp();
-                }
-                Some(_) => return Err(format!("expected ',' at offset {}", self.i)),
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn parse_dictionary(text: &str) -> Result<Vec<(String, Member)>, String> {
-    Parser::new(text.trim()).dictionary()
+/// Parses a structured-field dictionary (`Signature-Input`, `Signature`, `Content-Digest`).
+fn parse_dictionary(text: &str) -> Result<sfv::Dictionary, String> {
+    sfv::Parser::new(text.trim())
+        .with_version(sfv::Version::Rfc8941)
+        .parse::<sfv::Dictionary>()
+        .map_err(|e| e.to_string())
 }
 
 // ---- verification ----
@@ -540,7 +329,7 @@ fn authority(req: &SignedRequest<'_>) -> Option<String> {
 }
 
 /// The value of one covered component, or why there is none.
-fn component_value(
+pub(crate) fn component_value(
     name: &str,
     public_url: Option<&str>,
     req: &SignedRequest<'_>,
@@ -584,39 +373,60 @@ fn component_value(
 }
 
 /// The parsed `Signature-Input` member we verify.
-struct SignatureInput {
-    label: String,
-    components: Vec<String>,
-    raw: String,
-    created: Option<i64>,
-    expires: Option<i64>,
-    key_id: Option<String>,
-    nonce: Option<String>,
-    alg: Option<String>,
+pub(crate) struct SignatureInput {
+    pub(crate) label: String,
+    pub(crate) components: Vec<String>,
+    pub(crate) raw: String,
+    pub(crate) created: Option<i64>,
+    pub(crate) expires: Option<i64>,
+    pub(crate) key_id: Option<String>,
+    pub(crate) nonce: Option<String>,
+    pub(crate) alg: Option<String>,
 }
 
-fn parse_signature_headers(
+pub(crate) fn parse_signature_headers(
     input: &str,
     signature: &str,
 ) -> Result<(SignatureInput, Vec<u8>), GatewayError> {
-    let inputs = parse_dictionary(input)
-        .map_err(|e| unauth("signature_invalid", format!("Signature-Input: {e}")))?;
-    let sigs = parse_dictionary(signature)
-        .map_err(|e| unauth("signature_invalid", format!("Signature: {e}")))?;
+    use sfv::{BareItem, FieldType, ListEntry};
+    let invalid = |m: String| unauth("signature_invalid", m);
+    let inputs = parse_dictionary(input).map_err(|e| invalid(format!("Signature-Input: {e}")))?;
+    let sigs = parse_dictionary(signature).map_err(|e| invalid(format!("Signature: {e}")))?;
     // The first labelled input that has a matching signature.
     for (label, member) in inputs {
-        let Member::List { items, params, raw } = member else {
+        let ListEntry::InnerList(list) = member else {
             continue;
         };
-        let Some(sig) = sigs.iter().find_map(|(l, m)| match m {
-            Member::Item(Bare::Bytes(b)) if *l == label => Some(b.clone()),
-            _ => None,
-        }) else {
+        let Some(ListEntry::Item(sfv::Item {
+            bare_item: BareItem::ByteSequence(sig),
+            ..
+        })) = sigs.get(label.as_str())
+        else {
             continue;
         };
+        let mut components = Vec::with_capacity(list.items.len());
+        for item in &list.items {
+            let BareItem::String(name) = &item.bare_item else {
+                return Err(invalid(
+                    "Signature-Input: a component list holds something other than strings".into(),
+                ));
+            };
+            if !item.params.is_empty() {
+                return Err(invalid(format!(
+                    "Signature-Input: component {:?} has parameters, which Concierge does not \
+                     support",
+                    name.as_str()
+                )));
+            }
+            components.push(name.as_str().to_string());
+        }
+        // RFC 9421 §2.3: `@signature-params` is the serialized inner list with its parameters.
+        let raw = vec![ListEntry::InnerList(list.clone())]
+            .serialize()
+            .ok_or_else(|| invalid("Signature-Input: an empty component list".into()))?;
         let mut parsed = SignatureInput {
-            label,
-            components: items,
+            label: label.as_str().to_string(),
+            components,
             raw,
             created: None,
             expires: None,
@@ -624,24 +434,22 @@ fn parse_signature_headers(
             nonce: None,
             alg: None,
         };
-        for (k, v) in params {
+        for (k, v) in &list.params {
             match (k.as_str(), v) {
-                ("created", Bare::Int(i)) => parsed.created = Some(i),
-                ("expires", Bare::Int(i)) => parsed.expires = Some(i),
-                ("keyid", Bare::Str(s)) => parsed.key_id = Some(s),
-                ("nonce", Bare::Str(s)) => parsed.nonce = Some(s),
-                ("alg", Bare::Str(s)) => parsed.alg = Some(s),
-                ("tag", _) => {}
+                ("created", BareItem::Integer(i)) => parsed.created = Some(i64::from(*i)),
+                ("expires", BareItem::Integer(i)) => parsed.expires = Some(i64::from(*i)),
+                ("keyid", BareItem::String(s)) => parsed.key_id = Some(s.as_str().to_string()),
+                ("nonce", BareItem::String(s)) => parsed.nonce = Some(s.as_str().to_string()),
+                ("alg", BareItem::String(s)) => parsed.alg = Some(s.as_str().to_string()),
                 (k @ ("created" | "expires" | "keyid" | "nonce" | "alg"), _) => {
-                    return Err(unauth(
-                        "signature_invalid",
-                        format!("Signature-Input: the {k} parameter has the wrong type"),
-                    ));
+                    return Err(invalid(format!(
+                        "Signature-Input: the {k} parameter has the wrong type"
+                    )));
                 }
                 _ => {}
             }
         }
-        return Ok((parsed, sig));
+        return Ok((parsed, sig.clone()));
     }
     Err(unauth(
         "signature_invalid",
@@ -651,7 +459,7 @@ fn parse_signature_headers(
 }
 
 /// Checks the body against the `Content-Digest` header (sha-256).
-fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+pub(crate) fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
     let Some(value) = header_value(headers, "content-digest")? else {
         return Err(unauth(
             "digest_required",
@@ -660,17 +468,18 @@ fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
     };
     let dict = parse_dictionary(&value)
         .map_err(|e| unauth("digest_invalid", format!("Content-Digest: {e}")))?;
-    let Some(expected) = dict.iter().find_map(|(k, m)| match m {
-        Member::Item(Bare::Bytes(b)) if k == "sha-256" => Some(b.clone()),
-        _ => None,
-    }) else {
+    let Some(sfv::ListEntry::Item(sfv::Item {
+        bare_item: sfv::BareItem::ByteSequence(expected),
+        ..
+    })) = dict.get("sha-256")
+    else {
         return Err(unauth(
             "digest_invalid",
             "Content-Digest has no sha-256 value; Concierge checks sha-256 only",
         ));
     };
     let actual = Sha256::digest(body);
-    if !crate::util::constant_time_eq(&expected, &actual) {
+    if !crate::util::constant_time_eq(expected, &actual) {
         return Err(unauth(
             "digest_mismatch",
             "the body does not match its Content-Digest: it was changed after signing",
@@ -890,22 +699,40 @@ mod tests {
 
     #[test]
     fn structured_fields_parse_with_params_and_raw_text() {
-        let d = parse_dictionary(
-            r#"sig1=("@method" "@target-uri");created=1700000000;keyid="k\"1";nonce="n";alg="ed25519", sig2=:AAEC:"#,
+        let (input, sig) = parse_signature_headers(
+            r#"sig1=("@method" "@target-uri");created=1700000000;keyid="k\"1";nonce="n";alg="ed25519";tag=x, sig2=:AAEC:"#,
+            "sig2=:AAEC:, sig1=:AAEC:",
         )
-        .unwrap_or_default();
-        assert_eq!(d.len(), 2);
-        match &d[0].1 {
-            Member::List { items, params, raw } => {
-                assert_eq!(items, &["@method", "@target-uri"]);
-                assert!(params.contains(&("keyid".into(), Bare::Str("k\"1".into()))));
-                assert!(params.contains(&("created".into(), Bare::Int(1_700_000_000))));
-                assert!(raw.starts_with("(\"@method\"") && raw.ends_with("alg=\"ed25519\""));
-            }
-            other => panic!("{other:?}"),
+        .unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(input.label, "sig1");
+        assert_eq!(input.components, ["@method", "@target-uri"]);
+        assert_eq!(input.key_id.as_deref(), Some("k\"1"));
+        assert_eq!(input.created, Some(1_700_000_000));
+        assert_eq!(
+            input.raw,
+            r#"("@method" "@target-uri");created=1700000000;keyid="k\"1";nonce="n";alg="ed25519";tag=x"#
+        );
+        assert_eq!(sig, vec![0, 1, 2]);
+        // Extra spaces are not part of the canonical form the signature base uses.
+        let (spaced, _) = parse_signature_headers(
+            "sig1=( \"@method\"  \"@target-uri\" );created=1",
+            "sig1=:AAEC:",
+        )
+        .unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(spaced.raw, "(\"@method\" \"@target-uri\");created=1");
+        for (input, signature) in [
+            ("sig1=(\"@method\"", "sig1=:AAEC:"),
+            ("sig1=(\"@method\";x)", "sig1=:AAEC:"),
+            ("sig1=(method)", "sig1=:AAEC:"),
+            ("sig1=(\"@method\");created=\"1\"", "sig1=:AAEC:"),
+            ("sig1=(\"@method\")", "sig2=:AAEC:"),
+            ("sig1=(\"@method\")", "sig1=:AA!C:"),
+        ] {
+            assert!(
+                parse_signature_headers(input, signature).is_err(),
+                "{input} / {signature}"
+            );
         }
-        assert_eq!(d[1].1, Member::Item(Bare::Bytes(vec![0, 1, 2])));
-        assert!(parse_dictionary("sig1=(\"@method\"").is_err());
     }
 
     #[test]

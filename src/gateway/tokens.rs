@@ -167,15 +167,22 @@ fn hex_id(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
-/// Issues a token for `spec`, signed with the service key, and records it. Returns the token
-/// (base64url) and its record.
-pub async fn issue(
-    store: &Store,
+/// A signed token for a spec, not yet recorded.
+pub(crate) struct Minted {
+    pub(crate) token: Biscuit,
+    /// The operations it allows, checked.
+    pub(crate) ops: Vec<String>,
+    /// Its categories, trimmed and lower-cased.
+    pub(crate) categories: Vec<String>,
+}
+
+/// Builds and signs the token for `spec` with the service key; the error says which part of
+/// the spec is refused.
+pub(crate) fn mint(
     key: &SigningKey,
     spec: &TokenSpec,
-    via: &str,
     now: Millis,
-) -> Result<(String, TokenRecord), GatewayError> {
+) -> Result<Minted, GatewayError> {
     let ops = check_ops(&spec.ops).map_err(|m| GatewayError::Forbidden {
         code: "invalid_operations",
         message: m,
@@ -232,6 +239,27 @@ pub async fn issue(
         .code_with_params(&code, params, Default::default())
         .map_err(token_err)?;
     let token = builder.build(&root_keypair(key)?).map_err(token_err)?;
+    Ok(Minted {
+        token,
+        ops,
+        categories,
+    })
+}
+
+/// Issues a token for `spec`, signed with the service key, and records it. Returns the token
+/// (base64url) and its record.
+pub async fn issue(
+    store: &Store,
+    key: &SigningKey,
+    spec: &TokenSpec,
+    via: &str,
+    now: Millis,
+) -> Result<(String, TokenRecord), GatewayError> {
+    let Minted {
+        token,
+        ops,
+        categories,
+    } = mint(key, spec, now)?;
     let id = hex_id(
         token
             .revocation_identifiers()
@@ -462,12 +490,26 @@ impl VerifiedTokens {
     }
 }
 
-async fn verify_uncached(
-    store: &Store,
-    key: &SigningKey,
-    token: &str,
-    now: Millis,
-) -> Result<(Grant, Vec<String>), GatewayError> {
+/// What a token's signatures and Datalog say, before any record is consulted.
+pub(crate) struct ReadToken {
+    pub(crate) biscuit: Biscuit,
+    /// The authority block's revocation id (hex).
+    pub(crate) token_id: String,
+    /// Every block's revocation id (hex), the authority block's first.
+    pub(crate) ids: Vec<String>,
+    pub(crate) customer_id: String,
+    pub(crate) agent_id: String,
+    pub(crate) ops: Vec<String>,
+    pub(crate) categories: Vec<String>,
+    /// The narrowest spending limit of every block.
+    pub(crate) spend_limit: Option<Minor>,
+    /// The earliest expiry of every block.
+    pub(crate) expires_at: Option<Millis>,
+}
+
+/// Reads a bearer token: signed by the service key (the root of every block's signature
+/// chain), with an authority block naming a customer and an agent. Needs no store.
+pub(crate) fn read_token(key: &SigningKey, token: &str) -> Result<ReadToken, GatewayError> {
     let root = root_public_key(key)?;
     let biscuit = Biscuit::from_base64(token.trim(), root).map_err(|e| {
         unauth(
@@ -484,16 +526,6 @@ async fn verify_uncached(
         .first()
         .cloned()
         .ok_or_else(|| unauth("token_invalid", "the token has no authority block"))?;
-    let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
-    if store.any_token_revoked(&ids).await.map_err(internal)? {
-        return Err(unauth("token_revoked", "this capability token was revoked"));
-    }
-    let Some(record) = store.token(&token_id).await.map_err(internal)? else {
-        return Err(unauth(
-            "token_invalid",
-            "this capability token is not on record here",
-        ));
-    };
     let invalid = |e: biscuit_auth::error::Token| unauth("token_invalid", e.to_string());
     // What the authority block says, and the narrowest limit and expiry of every block.
     let mut authorizer = AuthorizerBuilder::new()
@@ -531,7 +563,48 @@ async fn verify_uncached(
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
                 .unwrap_or(0)
         })
-        .min()
+        .min();
+    Ok(ReadToken {
+        biscuit,
+        token_id,
+        ids,
+        customer_id,
+        agent_id,
+        ops: ops.into_iter().map(|(o,)| o).collect(),
+        categories: categories.into_iter().map(|(c,)| c).collect(),
+        spend_limit: limits_all.iter().map(|(l,)| *l).min(),
+        expires_at,
+    })
+}
+
+async fn verify_uncached(
+    store: &Store,
+    key: &SigningKey,
+    token: &str,
+    now: Millis,
+) -> Result<(Grant, Vec<String>), GatewayError> {
+    let ReadToken {
+        biscuit,
+        token_id,
+        ids,
+        customer_id,
+        agent_id,
+        ops,
+        categories,
+        spend_limit,
+        expires_at,
+    } = read_token(key, token)?;
+    let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
+    if store.any_token_revoked(&ids).await.map_err(internal)? {
+        return Err(unauth("token_revoked", "this capability token was revoked"));
+    }
+    let Some(record) = store.token(&token_id).await.map_err(internal)? else {
+        return Err(unauth(
+            "token_invalid",
+            "this capability token is not on record here",
+        ));
+    };
+    let expires_at = expires_at
         .unwrap_or(record.expires_at)
         .min(record.expires_at);
     if expires_at <= now {
@@ -543,7 +616,6 @@ async fn verify_uncached(
     let attenuated = biscuit.block_count() > 1;
     let allowed: Vec<String> = ops
         .into_iter()
-        .map(|(o,)| o)
         .filter(|op| {
             !attenuated
                 || authorize(
@@ -564,8 +636,8 @@ async fn verify_uncached(
         agent_id,
         customer_id,
         ops: allowed,
-        spend_limit: limits_all.iter().map(|(l,)| *l).min(),
-        categories: categories.into_iter().map(|(c,)| c).collect(),
+        spend_limit,
+        categories,
         expires_at,
         escalate_over_limit: record.over_limit == "escalate",
         token: Some(biscuit),

@@ -36,7 +36,7 @@ pub async fn receive(store: &Store, msg: &InboundMessage) -> Result<IngestOutcom
     Ok(outcome)
 }
 
-fn validate(msg: &InboundMessage) -> Result<(), InboxError> {
+pub(crate) fn validate(msg: &InboundMessage) -> Result<(), InboxError> {
     let invalid = |field, message: &str| InboxError::Invalid {
         field,
         message: message.to_string(),

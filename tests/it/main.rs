@@ -8,6 +8,7 @@ mod api;
 mod browser;
 mod cli;
 mod email;
+mod fuzz;
 mod gateway;
 mod gateway_trust;
 mod inbox;

@@ -78,6 +78,54 @@ pub async fn receive(
     m: &Marketplace,
     payload: &Value,
 ) -> Result<Received, ApiError> {
+    let msg = match read_payload(m, payload)? {
+        Payload::Message(msg) => msg,
+        Payload::Ignored(why) => return Ok(Received::Ignored(why)),
+    };
+    let outcome = crate::inbox::receive(&state.store, &msg)
+        .await
+        .map_err(|e| match e {
+            InboxError::Invalid { field, message } => {
+                ApiError::Unprocessable(format!("{field}: {message}"))
+            }
+            InboxError::Store(s) => {
+                tracing::error!(marketplace = m.name(), error = %s, "cannot store a marketplace message");
+                ApiError::Unavailable("the message could not be stored; retry later".into())
+            }
+        })?;
+    // Queued on duplicates too: the dedupe key makes it a no-op when the first delivery queued
+    // it, and it closes the gap when that one stored the message but failed before queueing.
+    state
+        .store
+        .enqueue_job(
+            JOB_AGENT_REPLY,
+            &json!({"conversation_id": outcome.conversation_id, "message_id": outcome.message_id}),
+            Some(&format!("agent_reply:{}", outcome.message_id)),
+            5,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(marketplace = m.name(), error = %e, "cannot queue a marketplace answer");
+            ApiError::Unavailable("the message could not be queued; retry later".into())
+        })?;
+    Ok(Received::Stored {
+        conversation_id: outcome.conversation_id,
+        message_id: outcome.message_id,
+        duplicate: outcome.duplicate,
+    })
+}
+
+/// What a verified payload holds.
+pub(crate) enum Payload {
+    /// A buyer's message, ready for the inbox.
+    Message(InboundMessage),
+    /// A notification without a buyer's text; why it is ignored.
+    Ignored(String),
+}
+
+/// Reads a verified payload at the marketplace's configured pointers; an error names the
+/// missing or mistyped field.
+pub(crate) fn read_payload(m: &Marketplace, payload: &Value) -> Result<Payload, ApiError> {
     let f = &m.config.fields;
     let text = match payload.pointer(&f.text) {
         None | Some(Value::Null) => None,
@@ -101,7 +149,7 @@ pub async fn receive(
             topic,
             "a marketplace notification without a buyer message was acknowledged and ignored"
         );
-        return Ok(Received::Ignored(format!(
+        return Ok(Payload::Ignored(format!(
             "no buyer message at {} (topic {topic})",
             f.text
         )));
@@ -141,37 +189,7 @@ pub async fn receive(
             "topic": topic,
         }),
     };
-    let outcome = crate::inbox::receive(&state.store, &msg)
-        .await
-        .map_err(|e| match e {
-            InboxError::Invalid { field, message } => {
-                ApiError::Unprocessable(format!("{field}: {message}"))
-            }
-            InboxError::Store(s) => {
-                tracing::error!(marketplace = m.name(), error = %s, "cannot store a marketplace message");
-                ApiError::Unavailable("the message could not be stored; retry later".into())
-            }
-        })?;
-    // Queued on duplicates too: the dedupe key makes it a no-op when the first delivery queued
-    // it, and it closes the gap when that one stored the message but failed before queueing.
-    state
-        .store
-        .enqueue_job(
-            JOB_AGENT_REPLY,
-            &json!({"conversation_id": outcome.conversation_id, "message_id": outcome.message_id}),
-            Some(&format!("agent_reply:{}", outcome.message_id)),
-            5,
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(marketplace = m.name(), error = %e, "cannot queue a marketplace answer");
-            ApiError::Unavailable("the message could not be queued; retry later".into())
-        })?;
-    Ok(Received::Stored {
-        conversation_id: outcome.conversation_id,
-        message_id: outcome.message_id,
-        duplicate: outcome.duplicate,
-    })
+    Ok(Payload::Message(msg))
 }
 
 /// A string, number or boolean at a JSON pointer, as text.

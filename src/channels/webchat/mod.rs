@@ -136,7 +136,7 @@ fn refused_frame(r: &crate::limits::Refusal) -> Value {
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ClientFrame {
+pub(crate) enum ClientFrame {
     Hello {
         #[serde(default)]
         token: Option<String>,
@@ -338,16 +338,7 @@ async fn message(
     text: &str,
     client_id: &str,
 ) -> Result<String, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("the message is empty".into());
-    }
-    if text.chars().count() > MAX_TEXT {
-        return Err(format!("the message is longer than {MAX_TEXT} characters"));
-    }
-    if client_id.trim().is_empty() || client_id.len() > 100 {
-        return Err("client_id must be 1 to 100 characters".into());
-    }
+    let text = check_message(text, client_id)?;
     let msg = InboundMessage {
         channel: "webchat".into(),
         thread_key: v.thread_key.clone(),
@@ -409,6 +400,21 @@ async fn message(
     Ok(conv)
 }
 
+/// A visitor's message text, trimmed, if it and its `client_id` are acceptable; else why not.
+pub(crate) fn check_message<'a>(text: &'a str, client_id: &str) -> Result<&'a str, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the message is empty".into());
+    }
+    if text.chars().count() > MAX_TEXT {
+        return Err(format!("the message is longer than {MAX_TEXT} characters"));
+    }
+    if client_id.trim().is_empty() || client_id.len() > 100 {
+        return Err("client_id must be 1 to 100 characters".into());
+    }
+    Ok(text)
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 async fn signing_key(store: &Store) -> anyhow::Result<Vec<u8>> {
@@ -423,7 +429,7 @@ async fn signing_key(store: &Store) -> anyhow::Result<Vec<u8>> {
     Ok(b64.decode(stored)?)
 }
 
-fn sign_token(key: &[u8], visitor: &str) -> String {
+pub(crate) fn sign_token(key: &[u8], visitor: &str) -> String {
     let sig = match HmacSha256::new_from_slice(key) {
         Ok(mut mac) => {
             mac.update(visitor.as_bytes());
@@ -438,7 +444,7 @@ fn sign_token(key: &[u8], visitor: &str) -> String {
 }
 
 /// The visitor id a token carries, if its signature holds.
-fn verify_token(key: &[u8], token: &str) -> Option<String> {
+pub(crate) fn verify_token(key: &[u8], token: &str) -> Option<String> {
     let rest = token.strip_prefix("v1.")?;
     let (visitor, sig) = rest.rsplit_once('.')?;
     let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
