@@ -188,9 +188,11 @@ impl Agent {
             Some(id) => store.get_identity(id).await?,
             None => None,
         };
+        // An identity that may not be linked (unauthenticated email, a group chat) neither
+        // brings a customer in nor keeps one.
         let linked = identity
             .as_ref()
-            .filter(|i| i.verified)
+            .filter(|i| i.verified && inbound.identity_linkable)
             .and_then(|i| i.customer_id.clone());
         let turn = Turn {
             text: inbound.text,
@@ -241,7 +243,11 @@ impl Agent {
             && before.as_ref() != Some(c)
         {
             store
-                .link_verified_customer(inbound.conversation_id, inbound.identity_id, c)
+                .link_verified_customer(
+                    inbound.conversation_id,
+                    inbound.identity_id.filter(|_| inbound.identity_linkable),
+                    c,
+                )
                 .await?;
         }
         let message = store

@@ -37,7 +37,7 @@ pub use inbox::{
     Identity, InboundMessage, IngestOutcome, Message, NewMessage,
 };
 pub use jobs::{Job, JobStatus};
-pub use outbox::{Delivery, JOB_DELIVER};
+pub use outbox::{Delivery, JOB_DELIVER, REPLY_TOKEN_CHARS, random_base36};
 pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
