@@ -240,9 +240,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let store = app::open_store(&config).await?;
             let support = crate::channels::email::routes::support_address(&config.email.from);
-            let (receipt, _) =
-                crate::channels::email::inbound::receive(&store, &config.data_dir, &support, &raw)
-                    .await?;
+            let (receipt, _) = crate::channels::email::inbound::receive(
+                &store,
+                &config.data_dir,
+                &support,
+                &config.email.trusted_authserv_ids,
+                &raw,
+            )
+            .await?;
             store.close().await;
             println!("{}", serde_json::to_string(&receipt)?);
             Ok(())

@@ -120,7 +120,17 @@ pub async fn agent_reply(state: &AppState, payload: &Value) -> Result<(), String
         Some(id) => store.get_identity(id).await.map_err(|e| e.to_string())?,
         None => None,
     };
+    if message.channel == crate::channels::telegram::CHANNEL
+        && !crate::channels::telegram::inbound::is_private(&message.meta)
+    {
+        // A group chat: a short public answer and an invitation to a private chat; the brand
+        // agent (verification, account data) never runs here.
+        return crate::channels::telegram::group::answer(state, &message)
+            .await
+            .map_err(|e| format!("{e:#}"));
+    }
     let email = identity.as_ref().and_then(|i| i.email.clone());
+    let trust = Trust::of(&message);
     let inbound = Inbound {
         conversation_id: &message.conversation_id,
         message_id: &message.id,
@@ -128,10 +138,10 @@ pub async fn agent_reply(state: &AppState, payload: &Value) -> Result<(), String
         channel: &message.channel,
         text: &message.text,
         sender_email: email.as_deref(),
-        sender_verified: false,
+        sender_verified: trust.sender_verified,
         sender_email_is_claim: message.channel == "email",
-        confirms_writes: true,
-        identity_linkable: true,
+        confirms_writes: trust.confirms_writes,
+        identity_linkable: trust.identity_linkable,
         requester: None,
         verify_from_claims: true,
         vouched_customer: None,
@@ -140,4 +150,41 @@ pub async fn agent_reply(state: &AppState, payload: &Value) -> Result<(), String
         .await
         .map(|_| ())
         .map_err(|e| format!("{e:#}"))
+}
+
+/// How far the channel vouched for a stored inbound message's sender, as its adapter decided
+/// at ingest (the message's `meta.trust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trust {
+    pub sender_verified: bool,
+    pub identity_linkable: bool,
+    pub confirms_writes: bool,
+}
+
+impl Trust {
+    /// Reads `meta.trust`. Messages stored without it (before it existed): email proves
+    /// nothing; a Telegram message is trusted in a private chat only; other channels keep
+    /// what they had (linkable, confirming, not verified).
+    pub fn of(message: &crate::store::Message) -> Trust {
+        if let Some(t) = message.meta.get("trust").filter(|t| t.is_object()) {
+            let flag = |k: &str| t.get(k).and_then(Value::as_bool).unwrap_or(false);
+            return Trust {
+                sender_verified: flag("sender_verified"),
+                identity_linkable: flag("identity_linkable"),
+                confirms_writes: flag("confirms_writes"),
+            };
+        }
+        let open = match message.channel.as_str() {
+            "email" => false,
+            crate::channels::telegram::CHANNEL => {
+                crate::channels::telegram::inbound::is_private(&message.meta)
+            }
+            _ => true,
+        };
+        Trust {
+            sender_verified: false,
+            identity_linkable: open,
+            confirms_writes: open,
+        }
+    }
 }

@@ -1242,6 +1242,13 @@ impl Resolver {
     }
 
     async fn execute_pending(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<Draft> {
+        // A "yes" that cannot confirm (an email whose sender is unproven and that does not
+        // answer our own email): nothing runs, the listed change stays pending for a yes that
+        // comes through the email we sent to the address on file.
+        if !turn.confirms_writes {
+            let kind = state.task.as_ref().map(|t| t.kind);
+            return Ok(Draft::ask("confirm_by_email", json!({"task": kind})));
+        }
         let Some(task) = state.task.take() else {
             return Ok(Draft::ask("clarify", json!({})));
         };

@@ -211,10 +211,13 @@ impl Agent {
             Some(id) => store.get_identity(id).await?,
             None => None,
         };
-        // A link remembered on the sender's identity counts while it is fresh.
+        // A link remembered on the sender's identity counts while it is fresh, and only where
+        // the identity may be linked at all (not an unauthenticated email, not a group chat).
         let linked = identity
             .as_ref()
-            .filter(|i| i.verified && limits.link_is_fresh(i.verified_at, now))
+            .filter(|i| {
+                i.verified && inbound.identity_linkable && limits.link_is_fresh(i.verified_at, now)
+            })
             .and_then(|i| i.customer_id.clone());
         let turn = Turn {
             conversation_id: inbound.conversation_id,

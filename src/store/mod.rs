@@ -40,7 +40,7 @@ pub use inbox::{
 };
 pub use jobs::{Job, JobStatus};
 pub use limits::LoginReservation;
-pub use outbox::{Delivery, JOB_DELIVER};
+pub use outbox::{Delivery, JOB_DELIVER, REPLY_TOKEN_CHARS, random_base36};
 pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
 pub use verification::{AttemptGate, AttemptScope, AttemptTicket, VerificationLock};
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::any::AnyRow;
 
 use super::{Store, StoreResult, get_i64, get_opt_i64, get_opt_str, get_str, to_json};
-use crate::util::{new_id, now_ms, random_token};
+use crate::util::{new_id, now_ms};
 
 /// Job kind that delivers one outbox row.
 pub const JOB_DELIVER: &str = "deliver";
@@ -290,12 +290,7 @@ impl Store {
         {
             return Ok(t);
         }
-        let token: String = random_token(12)
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .map(|c| c.to_ascii_lowercase())
-            .take(12)
-            .collect();
+        let token = random_base36(REPLY_TOKEN_CHARS);
         sqlx::query(
             "UPDATE conversations SET reply_token = $2 WHERE id = $1 AND reply_token IS NULL",
         )
@@ -310,6 +305,30 @@ impl Store {
         Ok(get_opt_str(&row, "reply_token")?.unwrap_or(token))
     }
 
+    /// Notes on a sent email message the address it went to (`meta.sent_to`), so a reply to
+    /// it can later be told to come from that mailbox.
+    pub async fn record_email_recipient(&self, message_id: &str, address: &str) -> StoreResult<()> {
+        let row = sqlx::query("SELECT meta FROM messages WHERE id = $1")
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&get_str(&row, "meta")?).unwrap_or_else(|_| json!({}));
+        if !meta.is_object() {
+            meta = json!({});
+        }
+        meta["sent_to"] = json!(address);
+        sqlx::query("UPDATE messages SET meta = $2 WHERE id = $1")
+            .bind(message_id)
+            .bind(to_json(&meta))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The conversation (id, thread key) a reply token names.
     pub async fn conversation_by_reply_token(
         &self,
@@ -322,6 +341,19 @@ impl Store {
         row.map(|r| Ok((get_str(&r, "id")?, get_str(&r, "thread_key")?)))
             .transpose()
     }
+}
+
+/// Characters in a conversation's reply token: lower-case base 36, 26 characters ≈ 134 bits.
+pub const REPLY_TOKEN_CHARS: usize = 26;
+
+/// `n` characters from a CSPRNG, each uniform over `0-9a-z`.
+pub fn random_base36(n: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 fn delivery_from_row(r: &AnyRow) -> StoreResult<Delivery> {

@@ -84,6 +84,21 @@ impl FakeBotApi {
         update_id
     }
 
+    /// Queues a text message from Anya in a group chat (`kind`: "group" or "supergroup").
+    fn push_group_text(&self, update_id: i64, chat: i64, kind: &str, text: &str) -> i64 {
+        self.lock().updates.push(json!({
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id + 100,
+                "date": 1_767_000_000 + update_id,
+                "chat": {"id": chat, "type": kind, "title": "Trail friends"},
+                "from": {"id": CHAT, "is_bot": false, "first_name": "Anya", "last_name": "Garcia", "username": "anya_g", "language_code": "en"},
+                "text": text,
+            }
+        }));
+        update_id
+    }
+
     fn sent(&self) -> Vec<(i64, String)> {
         self.lock().sent.clone()
     }
@@ -479,5 +494,65 @@ async fn every_sample_update_is_accepted() {
     // They are answered through the fake without any failing delivery.
     let sent = fake.wait_sent(1, 15).await;
     assert!(!sent.is_empty());
+    app.stop().await;
+}
+
+/// In a group chat the bot discloses nothing of an account, even when asked with the order
+/// number and email: a short public answer invites the shopper to a private chat
+/// (t.me/<bot username> from getMe), and the Telegram user is not linked to the customer, so
+/// their private chat starts unverified.
+#[tokio::test]
+async fn a_group_chat_gets_an_invitation_and_no_account_data() {
+    const GROUP: i64 = -1_001_234_567_890;
+    let fake = FakeBotApi::start().await;
+    let app = polling_app(&fake).await;
+
+    fake.push_group_text(1, GROUP, "supergroup", ORDER_QUESTION);
+    let sent = fake.wait_sent(1, 20).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, GROUP);
+    assert!(
+        sent[0].1.contains("https://t.me/AlderPineBot"),
+        "the invitation: {}",
+        sent[0].1
+    );
+    for secret in ["951786982868", "W6310710", "anya.garcia2061", "tea kettle"] {
+        assert!(!sent[0].1.contains(secret), "{secret} in {}", sent[0].1);
+    }
+    fake.push_group_text(2, -4_242, "group", "/start");
+    let sent = fake.wait_sent(2, 20).await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        sent[1].1.contains("https://t.me/AlderPineBot"),
+        "{}",
+        sent[1].1
+    );
+
+    let conv = app
+        .store()
+        .conversation_by_thread("telegram", &format!("telegram:{GROUP}"))
+        .await
+        .unwrap()
+        .expect("the group's conversation");
+    let identity = app
+        .store()
+        .get_identity(conv.identity_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!identity.verified, "{identity:?}");
+    assert_eq!(identity.customer_id, None);
+    let state = app.store().conversation_state(&conv.id).await.unwrap();
+    assert!(
+        state.get("verified_customer").is_none_or(|v| v.is_null()),
+        "{state}"
+    );
+
+    // The same user in a private chat is a stranger until verified there.
+    fake.push_text(3, "where is my order? the tea kettle one");
+    let sent = fake.wait_sent(3, 20).await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[2].0, CHAT);
+    assert!(!sent[2].1.contains("951786982868"), "{}", sent[2].1);
     app.stop().await;
 }

@@ -4,15 +4,26 @@
 //! conversation; a conversation token in a plus-address or the subject joins that one (so a
 //! reply threads even when a client rewrites its headers); else a new conversation.
 //! Auto-replies and bounces are recorded but never answered.
+//!
+//! Trust, decided here and kept in the message's meta (`trust`, read when the message is
+//! answered): the From address is proven only by a trusted relay's `Authentication-Results`
+//! ([`super::auth`]); then the sender is verified, their identity may be linked to the customer
+//! and a "yes" confirms a change. Without that proof the From address is only the shopper's
+//! email claim, the identity is never linked, and a "yes" confirms a change only when the
+//! message answers one of OUR outgoing emails of this conversation sent to the customer's
+//! address on file — its In-Reply-To/References name a Message-ID we generated, or it carries
+//! the conversation's reply token — which only that mailbox received. Threading to the
+//! sender's own earlier mail confirms nothing.
 
 use std::path::Path;
 
 use serde::Serialize;
 use serde_json::json;
 
+use super::auth;
 use super::parse::{self, MailKind, ParsedEmail};
 use super::thread;
-use crate::store::{AuthorKind, InboundMessage, Store};
+use crate::store::{AuthorKind, Direction, InboundMessage, Store};
 use crate::worker::JOB_AGENT_REPLY;
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,11 +51,13 @@ pub enum EmailInError {
     Attachment(std::io::Error),
 }
 
-/// Stores an inbound email and queues the agent's answer.
+/// Stores an inbound email and queues the agent's answer. `trusted_authserv_ids` are the
+/// relays whose `Authentication-Results` header is believed (`[email] trusted_authserv_ids`).
 pub async fn receive(
     store: &Store,
     data_dir: &Path,
     support_address: &str,
+    trusted_authserv_ids: &[String],
     raw: &[u8],
 ) -> Result<(EmailReceipt, ParsedEmail), EmailInError> {
     let parsed = parse::parse(raw).map_err(|e| EmailInError::Unparseable(e.to_string()))?;
@@ -57,15 +70,32 @@ pub async fn receive(
 
     let mut refs: Vec<String> = parsed.references.clone();
     refs.extend(parsed.in_reply_to.iter().cloned());
-    let thread_key = match store.conversation_by_external_ids("email", &refs).await? {
-        Some((_, key)) => key,
-        None => match thread::find_token(&parsed, support_address) {
-            Some(token) => match store.conversation_by_reply_token(&token).await? {
-                Some((_, key)) => key,
-                None => format!("email:{external_id}"),
+    let token = thread::find_token(&parsed, support_address);
+    let token_conversation = match &token {
+        Some(t) => store.conversation_by_reply_token(t).await?,
+        None => None,
+    };
+    let (conversation, thread_key) =
+        match store.conversation_by_external_ids("email", &refs).await? {
+            Some((id, key)) => (Some(id), key),
+            None => match &token_conversation {
+                Some((id, key)) => (Some(id.clone()), key.clone()),
+                None => (None, format!("email:{external_id}")),
             },
-            None => format!("email:{external_id}"),
-        },
+        };
+    let answers_our_email = match &conversation {
+        Some(id) => {
+            let token_ok = token.as_deref().is_some_and(thread::strong_token)
+                && token_conversation.as_ref().is_some_and(|(t, _)| t == id);
+            answers_our_email(store, id, &refs, token_ok).await?
+        }
+        None => false,
+    };
+    let proof = auth::sender_proof(&parsed, trusted_authserv_ids);
+    let proven = proof.is_ok();
+    let sender_auth = match &proof {
+        Ok(p) => json!({"proven": true, "method": p.method, "authserv_id": p.authserv_id}),
+        Err(why) => json!({"proven": false, "reason": why.as_str()}),
     };
 
     let attachments = save_attachments(data_dir, &parsed)?;
@@ -93,7 +123,7 @@ pub async fn receive(
         sender_id: from.email.clone(),
         sender_name: from.name.clone(),
         sender_email: Some(from.email.clone()),
-        sender_verified: false,
+        sender_verified: proven,
         author_kind: AuthorKind::Customer,
         subject: Some(thread::normalize_subject(&parsed.subject)).filter(|s| !s.is_empty()),
         text: text.chars().take(crate::inbox::MAX_TEXT_CHARS).collect(),
@@ -107,6 +137,13 @@ pub async fn receive(
             "references": parsed.references,
             "to": parsed.to.iter().map(|m| m.email.clone()).collect::<Vec<_>>(),
             "date": parsed.date,
+            "sender_auth": sender_auth,
+            "answers_our_email": answers_our_email,
+            "trust": {
+                "sender_verified": proven,
+                "identity_linkable": proven,
+                "confirms_writes": proven || answers_our_email,
+            },
         }),
     };
     let outcome = crate::inbox::receive(store, &msg)
@@ -138,6 +175,50 @@ pub async fn receive(
         },
         parsed,
     ))
+}
+
+/// Whether a message joining this conversation answers one of our own emails that went to an
+/// address on file of the conversation's (verified) customer: its In-Reply-To/References name
+/// the Message-ID of such an email, or it carries the conversation's reply token
+/// (`token_ok`) and every email of the conversation went to such an address — a token that was
+/// ever mailed elsewhere (the conversation began at another address) proves nothing. Message-IDs
+/// minted before they were fully random (`dlv_…`) and emails without a recorded recipient do
+/// not count.
+async fn answers_our_email(
+    store: &Store,
+    conversation_id: &str,
+    refs: &[String],
+    token_ok: bool,
+) -> Result<bool, EmailInError> {
+    let Some(view) = store.conversation_view(conversation_id).await? else {
+        return Ok(false);
+    };
+    let on_file: Vec<String> = match &view.conversation.customer_id {
+        Some(id) => match store.get_customer(id).await? {
+            Some(c) => c.emails.iter().map(|e| e.trim().to_lowercase()).collect(),
+            None => return Ok(false),
+        },
+        None => return Ok(false),
+    };
+    let sent: Vec<(&str, Option<&str>)> = view
+        .messages
+        .iter()
+        .filter(|m| m.direction == Direction::Outbound && m.channel == "email")
+        .filter_map(|m| {
+            let id = m.external_id.as_deref()?;
+            Some((
+                id,
+                m.meta.get("sent_to").and_then(serde_json::Value::as_str),
+            ))
+        })
+        .collect();
+    let to_file =
+        |to: Option<&str>| to.is_some_and(|a| on_file.iter().any(|e| e.eq_ignore_ascii_case(a)));
+    let by_id = sent
+        .iter()
+        .any(|(id, to)| !id.starts_with("dlv_") && refs.iter().any(|r| r == id) && to_file(*to));
+    let by_token = token_ok && !sent.is_empty() && sent.iter().all(|(_, to)| to_file(*to));
+    Ok(by_id || by_token)
 }
 
 /// Addresses that must never get an automatic answer.

@@ -2,7 +2,14 @@
 //! text when the agent writes it; `channels/email.html.hbs` lays out the HTML), threads it to
 //! the shopper's last email (In-Reply-To, References), carries the conversation token in the
 //! Reply-To plus-address and the subject, and sends it over SMTP with lettre. The Message-ID is
-//! fixed per delivery, so a retry after a crash is recognizably the same message.
+//! random (≥ 128 bits, so a reply naming it proves its sender received this email) and fixed
+//! per reply: it is stored on the message before the first attempt, so a retry after a crash
+//! is recognizably the same message.
+//!
+//! Who receives it: the conversation's sender, unless the conversation is verified as a
+//! customer who does not have that address on file — then the reply (which may carry account
+//! data) goes to the customer's address on file instead, never to the address that merely
+//! claimed to be them.
 
 use std::time::Duration;
 
@@ -34,15 +41,30 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
         .map_err(err)?
         .ok_or("the conversation no longer exists")?;
     let conversation = &view.conversation;
-    let recipient = match &conversation.identity_id {
+    let sender = match &conversation.identity_id {
         Some(id) => store
             .get_identity(id)
             .await
             .map_err(err)?
             .and_then(|i| i.email),
         None => None,
-    }
-    .ok_or("the conversation has no email address to reply to")?;
+    };
+    let on_file = match &conversation.customer_id {
+        Some(id) => Some(
+            store
+                .get_customer(id)
+                .await
+                .map_err(err)?
+                .map(|c| c.emails)
+                .unwrap_or_default(),
+        ),
+        None => None,
+    };
+    let recipient = recipient(sender.as_deref(), on_file.as_deref())?;
+    store
+        .record_email_recipient(&message.id, &recipient)
+        .await
+        .map_err(err)?;
 
     let from: Mailbox = cfg
         .from
@@ -60,11 +82,23 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
         .rsplit_once('@')
         .map(|(_, d)| d)
         .unwrap_or("concierge.local");
-    let message_id = format!("{}@{}", delivery.id, domain);
-    store
-        .set_message_external_id(&message.id, &message_id)
-        .await
-        .map_err(err)?;
+    let message_id = match &message.external_id {
+        Some(id) => id.clone(),
+        None => {
+            let fresh = format!("{}@{}", crate::store::random_base36(28), domain);
+            store
+                .set_message_external_id(&message.id, &fresh)
+                .await
+                .map_err(err)?;
+            // A concurrent attempt may have stored its own first: use whichever is stored.
+            store
+                .message_by_id(&message.id)
+                .await
+                .map_err(err)?
+                .and_then(|m| m.external_id)
+                .unwrap_or(fresh)
+        }
+    };
 
     // Thread to the shopper's last email.
     let last_in = view.messages.iter().rev().find(|m| {
@@ -134,4 +168,52 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
         .await
         .map_err(|e| format!("SMTP delivery failed: {e}"))?;
     Ok(Some(message_id))
+}
+
+/// The address a reply goes to: the sender's, unless the conversation belongs to a verified
+/// customer (`on_file` is their addresses) who does not have it — then their first address on
+/// file. Never an address that only claimed to be the customer.
+fn recipient(sender: Option<&str>, on_file: Option<&[String]>) -> Result<String, String> {
+    let sender = sender.map(|s| s.trim().to_lowercase());
+    match on_file {
+        None => sender.ok_or_else(|| "the conversation has no email address to reply to".into()),
+        Some(emails) => {
+            if let Some(s) = &sender
+                && emails.iter().any(|e| e.trim().eq_ignore_ascii_case(s))
+            {
+                return Ok(s.clone());
+            }
+            emails
+                .iter()
+                .map(|e| e.trim().to_lowercase())
+                .find(|e| !e.is_empty())
+                .ok_or_else(|| {
+                    "the conversation's customer has no email address on file to reply to".into()
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recipient;
+
+    #[test]
+    fn account_replies_go_to_an_address_on_file() {
+        let on_file = vec!["anya@example.com".to_string(), "a.g@work.example".into()];
+        assert_eq!(
+            recipient(Some("A.G@work.example"), Some(&on_file)).as_deref(),
+            Ok("a.g@work.example")
+        );
+        assert_eq!(
+            recipient(Some("eve@evil.example"), Some(&on_file)).as_deref(),
+            Ok("anya@example.com")
+        );
+        assert_eq!(
+            recipient(Some("eve@evil.example"), None).as_deref(),
+            Ok("eve@evil.example")
+        );
+        assert!(recipient(Some("eve@evil.example"), Some(&[])).is_err());
+        assert!(recipient(None, None).is_err());
+    }
 }

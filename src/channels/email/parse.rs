@@ -92,6 +92,11 @@ pub struct ParsedEmail {
     pub kind: MailKind,
     /// Bytes of the top-level header block.
     pub headers_raw_size: usize,
+    /// Raw values of the top-level `Authentication-Results` headers (RFC 8601), unfolded, in
+    /// header order: the topmost (the last relay's) first. See [`super::auth`].
+    pub authentication_results: Vec<String>,
+    /// Mailboxes across all top-level From headers (proof of a sender needs exactly one).
+    pub from_mailboxes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,6 +152,20 @@ pub fn parse(raw: &[u8]) -> Result<ParsedEmail, EmailError> {
         .collect::<Vec<_>>()
         .join(" ");
     let from = message.from().into_iter().flat_map(mailboxes).next();
+    let from_headers = root
+        .headers
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case("from"))
+        .count();
+    let from_mailboxes = if from_headers == 1 {
+        message.from().map_or(0, |a| a.iter().count())
+    } else {
+        from_headers
+    };
+    let authentication_results = raw_header_values(&message, &["authentication-results"])
+        .iter()
+        .map(|v| unfold(v))
+        .collect();
     let to = message
         .header_values("To")
         .filter_map(HeaderValue::as_address)
@@ -221,7 +240,14 @@ pub fn parse(raw: &[u8]) -> Result<ParsedEmail, EmailError> {
         attachments,
         kind,
         headers_raw_size: (root.offset_body as usize).min(raw.len()),
+        authentication_results,
+        from_mailboxes,
     })
+}
+
+/// A folded header value on one line: CR/LF removed, so each fold leaves its whitespace.
+fn unfold(value: &str) -> String {
+    value.chars().filter(|c| *c != '\r' && *c != '\n').collect()
 }
 
 fn mailboxes(address: &Address<'_>) -> Vec<Mailbox> {

@@ -85,15 +85,21 @@ async fn inbound_mail(
         });
     }
     let support = support_address(&state.config.email.from);
-    let (receipt, _) = inbound::receive(&state.store, &state.config.data_dir, &support, &raw)
-        .await
-        .map_err(|e| match e {
-            EmailInError::Unparseable(_) | EmailInError::NoSender | EmailInError::Invalid(_) => {
-                ApiError::Unprocessable(e.to_string())
-            }
-            EmailInError::Store(s) => s.into(),
-            EmailInError::Attachment(io) => ApiError::Internal(io.into()),
-        })?;
+    let (receipt, _) = inbound::receive(
+        &state.store,
+        &state.config.data_dir,
+        &support,
+        &state.config.email.trusted_authserv_ids,
+        &raw,
+    )
+    .await
+    .map_err(|e| match e {
+        EmailInError::Unparseable(_) | EmailInError::NoSender | EmailInError::Invalid(_) => {
+            ApiError::Unprocessable(e.to_string())
+        }
+        EmailInError::Store(s) => s.into(),
+        EmailInError::Attachment(io) => ApiError::Internal(io.into()),
+    })?;
     if !receipt.duplicate
         && let Ok(Some(m)) = state.store.message_by_id(&receipt.message_id).await
     {

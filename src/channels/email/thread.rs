@@ -2,11 +2,13 @@
 //! client drops In-Reply-To/References or rewrites the subject, plus subject normalization and
 //! Amazon buyer-seller relay helpers. Pure string functions: no I/O, no database.
 //!
-//! Token design: the token is opaque. The store mints a short random lower-case alphanumeric
-//! token per conversation and maps it back (`Store::reply_token` /
-//! `conversation_by_reply_token`); this module only formats it into "help+c-<token>@shop" and
-//! "… [#c-<token>]", and finds it again (any case, after "Re:"/"AW:"/"SV:" rewrites). A token is
-//! unguessable only by its randomness, so it must come from a CSPRNG and be ≥ 10 characters.
+//! Token design: the token is opaque. The store mints a random lower-case base-36 token of 26
+//! characters (≈ 134 bits, from a CSPRNG) per conversation and maps it back
+//! (`Store::reply_token` / `conversation_by_reply_token`); this module only formats it into
+//! "help+c-<token>@shop" and "… [#c-<token>]", and finds it again (any case, after
+//! "Re:"/"AW:"/"SV:" rewrites). Only the recipient of our email learns it, so a message carrying
+//! it came from that mailbox; shorter tokens minted by earlier versions still thread, but only a
+//! full-length one counts as that proof ([`strong_token`]).
 //! [`conversation_token`] offers a deterministic alternative (HMAC-SHA256 of the conversation id
 //! under a server secret, 16 base32 characters) for a store that prefers not to keep state;
 //! the store still maps it back, as the id cannot be recovered from it.
@@ -18,6 +20,11 @@ pub const TOKEN_PREFIX: &str = "c-";
 
 const TOKEN_MIN: usize = 4;
 const TOKEN_MAX: usize = 64;
+
+/// Whether a token is long enough to prove that its sender received our email.
+pub fn strong_token(token: &str) -> bool {
+    token.len() >= crate::store::REPLY_TOKEN_CHARS
+}
 
 /// "help@shop.example" + "k3x9" → "help+c-k3x9@shop.example". A display-name form
 /// ("Help <help@shop.example>") is reduced to the address; an existing plus tag is kept
@@ -295,6 +302,8 @@ mod tests {
             attachments: vec![],
             kind: MailKind::Normal,
             headers_raw_size: 0,
+            authentication_results: vec![],
+            from_mailboxes: 0,
         }
     }
 

@@ -7,6 +7,12 @@
 //! once. Other updates (edits, stickers, callback queries, membership changes, kinds teloxide
 //! does not know) are acknowledged and ignored.
 //!
+//! Only a private chat is a conversation with one shopper: there the message is trusted as the
+//! Telegram user's (`meta.trust`: the identity may be linked, a "yes" confirms). In a group,
+//! supergroup or channel anyone in the chat reads the answers, so the brand agent never runs
+//! there: the message gets a short public answer inviting the shopper to a private chat
+//! ([`super::group`]), nothing is verified and the identity is never linked.
+//!
 //! Updates are parsed with teloxide's types; a message they reject (older payloads without
 //! `chat.type` or `from.is_bot`, as in Telegram's own documentation samples) is read leniently
 //! for the few fields needed here.
@@ -35,6 +41,38 @@ pub struct TextMessage {
     pub text: String,
     /// Unix seconds, as Telegram sent it.
     pub date: Option<i64>,
+    /// "private", "group", "supergroup", "channel", or "unknown".
+    pub chat_type: &'static str,
+}
+
+impl TextMessage {
+    /// A one-to-one chat between the bot and one user.
+    pub fn is_private(&self) -> bool {
+        self.chat_type == "private"
+    }
+}
+
+/// Whether a stored Telegram message came from a private chat (its `meta.chat_type`; for
+/// messages stored before that was recorded, a positive chat id: Telegram's private chats have
+/// the user's id, groups and channels negative ones).
+pub fn is_private(meta: &Value) -> bool {
+    match meta.get("chat_type").and_then(Value::as_str) {
+        Some(t) => t == "private",
+        None => meta
+            .get("chat_id")
+            .and_then(Value::as_i64)
+            .is_some_and(|id| id > 0),
+    }
+}
+
+fn chat_type_name(name: &str) -> &'static str {
+    match name {
+        "private" => "private",
+        "group" => "group",
+        "supergroup" => "supergroup",
+        "channel" => "channel",
+        _ => "unknown",
+    }
 }
 
 /// What became of an update.
@@ -85,6 +123,17 @@ fn from_message(update_id: u64, m: &Message) -> Result<TextMessage, &'static str
         username: user.and_then(|u| u.username.clone()),
         text: text.to_string(),
         date: Some(m.date.timestamp()),
+        chat_type: if m.chat.is_private() {
+            "private"
+        } else if m.chat.is_group() {
+            "group"
+        } else if m.chat.is_supergroup() {
+            "supergroup"
+        } else if m.chat.is_channel() {
+            "channel"
+        } else {
+            "unknown"
+        },
     })
 }
 
@@ -108,6 +157,8 @@ struct LooseMessage {
 #[derive(Deserialize)]
 struct LooseChat {
     id: i64,
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +194,18 @@ pub fn parse_raw(raw: &Value) -> (Option<u64>, Result<TextMessage, &'static str>
         .or(m.caption)
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());
+    // Without `chat.type` (old payloads) a chat is private only when it is the sender's own.
+    let chat_type = match &m.chat.kind {
+        Some(kind) => chat_type_name(kind),
+        None if m.chat.id > 0
+            && m.from
+                .as_ref()
+                .is_some_and(|u| i64::try_from(u.id).ok() == Some(m.chat.id)) =>
+        {
+            "private"
+        }
+        None => "unknown",
+    };
     let parsed = match (text, &m.from) {
         (None, _) => Err("message without text"),
         (Some(_), Some(u)) if u.is_bot => Err("message from a bot"),
@@ -162,6 +225,7 @@ pub fn parse_raw(raw: &Value) -> (Option<u64>, Result<TextMessage, &'static str>
             username: from.as_ref().and_then(|u| u.username.clone()),
             text,
             date: m.date,
+            chat_type,
         }),
     };
     (Some(update_id), parsed)
@@ -208,6 +272,12 @@ pub async fn receive_text(state: &AppState, t: &TextMessage) -> Result<Received,
             "user_id": t.user_id,
             "username": t.username,
             "date": t.date,
+            "chat_type": t.chat_type,
+            "trust": {
+                "sender_verified": false,
+                "identity_linkable": t.is_private(),
+                "confirms_writes": t.is_private(),
+            },
         }),
     };
     let outcome = match crate::inbox::receive(&state.store, &msg).await {
@@ -220,7 +290,7 @@ pub async fn receive_text(state: &AppState, t: &TextMessage) -> Result<Received,
     };
     // Also for a duplicate: a crash may have come between storing and queueing. Both steps
     // are idempotent (the job's dedupe key, the reply check), so repeating them is harmless.
-    if greeting_command(&t.text) && greets(state) {
+    if t.is_private() && greeting_command(&t.text) && greets(state) {
         greet(state, &outcome).await?;
     } else {
         state

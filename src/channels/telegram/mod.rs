@@ -7,6 +7,7 @@
 //! (setting [`OFFSET_SETTING`]) only after the update is stored, so a restart neither loses an
 //! update nor answers one twice.
 
+pub mod group;
 pub mod inbound;
 pub mod outbound;
 mod polling;
