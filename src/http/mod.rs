@@ -3,6 +3,7 @@
 //! as an [`ApiError`] — never a panic, never a 500 for bad input.
 
 mod api;
+pub mod hosts;
 
 use std::time::Duration;
 
