@@ -168,7 +168,14 @@ impl Application {
         });
         crate::telemetry::metrics_handle();
 
-        let app = crate::http::router(state.clone());
+        let bound = listener
+            .local_addr()
+            .context("the listener has no address")?;
+        let app = crate::http::hosts::layer(
+            crate::http::router(state.clone()),
+            &state.config.server,
+            bound,
+        );
         // Small frames (chat, JSON answers) must not wait for Nagle's algorithm.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);

@@ -14,8 +14,12 @@
 //!   (verification, confirmation) the task is INPUT_REQUIRED and the caller answers in the same
 //!   task.
 //!
-//! Tasks and contexts persist per caller (the signing agent, or "public" for unsigned calls);
-//! resending a message with the same messageId returns its task instead of running it again.
+//! Tasks and contexts persist per caller: a signing agent's under its id, whatever contexts it
+//! names; an unsigned caller's per context, and only in contexts the server minted for it (the
+//! context id, 144 random bits, is its only credential — a contextId the server did not mint is
+//! refused). Each text context is its own inbox conversation and sender identity: nothing one
+//! context learns about a customer reaches another. Resending a message with the same
+//! messageId in the same scope returns its task instead of running it again.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -52,23 +56,16 @@ pub fn routes(_state: &AppState) -> Router<AppState> {
         .route("/.well-known/agent-card.json", get(card))
         // The 0.2/0.3 well-known path, for older clients.
         .route("/.well-known/agent.json", get(card))
+        // Relative to the interface URL, for clients given that URL as their base.
+        .route("/a2a/.well-known/agent-card.json", get(card))
         .route(RPC_PATH, post(rpc))
 }
 
 // ---- the agent card ----
 
-/// The URL clients reach us at: the configured public URL, else the request's Host.
-pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    if let Some(u) = &state.config.server.public_url {
-        return u.trim_end_matches('/').to_string();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| state.config.server.bind.clone());
-    format!("http://{host}")
+/// The URL clients reach us at (see [`crate::http::hosts::public_base`]).
+pub fn base_url(state: &AppState, uri: &Uri, headers: &HeaderMap) -> String {
+    crate::http::hosts::public_base(state.config.server.public_url.as_deref(), uri, headers)
 }
 
 pub fn brand_name(state: &AppState) -> String {
@@ -77,8 +74,8 @@ pub fn brand_name(state: &AppState) -> String {
         .unwrap_or_else(|_| "Concierge".to_string())
 }
 
-async fn card(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let base = base_url(&state, &headers);
+async fn card(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    let base = base_url(&state, &uri, &headers);
     let mut resp = axum::Json(agent_card(&state, &base)).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -134,9 +131,16 @@ pub fn agent_card(state: &AppState, base: &str) -> Value {
             "extendedAgentCard": false,
             "extensions": service_key_extension(state, base),
         },
+        // Anonymous access is one alternative (the public skills: products, availability,
+        // policies); a signature with a customer's token the other. Customer skills require the
+        // latter (their own securityRequirements).
+        "securityRequirements": [{}, signed[0].clone()],
+        // The same in the 0.3 / OpenAPI shape: {} is anonymous access.
+        "security": [{}, {"agentSignature": [], "capabilityToken": []}],
         "securitySchemes": {
             "agentSignature": {"apiKeySecurityScheme": {
-                "location": "header", "name": "Signature",
+                // "location" is A2A 1.0's name, "in" OpenAPI's and A2A 0.3's.
+                "location": "header", "in": "header", "name": "Signature",
                 "description": "RFC 9421 HTTP Message Signature (Signature-Input, Signature, Content-Digest) by the agent's registered Ed25519 key."
             }},
             "capabilityToken": {"httpAuthSecurityScheme": {
@@ -353,14 +357,13 @@ async fn rpc(
             return resp;
         }
     };
-    let scope = scope_of(&caller);
     let outcome = match op {
-        Op::Send => send(&state, &caller, &scope, dialect, &params).await,
-        Op::Stream => return stream(state, caller, scope, dialect, id, params).await,
-        Op::Get => get_task(&state, &scope, dialect, &params).await,
-        Op::List => list_tasks(&state, &caller, &scope, dialect, &params).await,
-        Op::Cancel => cancel_task(&state, &scope, dialect, &params).await,
-        Op::Subscribe => return subscribe(&state, &scope, dialect, id, &params).await,
+        Op::Send => send(&state, &caller, dialect, &params).await,
+        Op::Stream => return stream(state, caller, dialect, id, params).await,
+        Op::Get => get_task(&state, &caller, dialect, &params).await,
+        Op::List => list_tasks(&state, &caller, dialect, &params).await,
+        Op::Cancel => cancel_task(&state, &caller, dialect, &params).await,
+        Op::Subscribe => return subscribe(&state, &caller, dialect, id, &params).await,
         Op::PushConfig => Err(RpcError::new(
             -32003,
             "Push notifications are not supported: use SendStreamingMessage or poll GetTask",
@@ -460,13 +463,41 @@ pub(crate) fn read_envelope(body: &[u8]) -> Result<Envelope, (Value, RpcError)> 
     })
 }
 
-/// Whose tasks and contexts a caller sees: the signing agent's, or the public ones.
-pub fn scope_of(caller: &Caller) -> String {
-    caller
-        .agent
-        .as_ref()
-        .map(|a| format!("agent:{}", a.id))
-        .unwrap_or_else(|| "public".to_string())
+/// Whose tasks and contexts a caller sees: a signing agent's are all under `agent:<id>` (it
+/// names its contexts as it likes); an unsigned caller's under `public:<context id>`, one scope
+/// per context the server minted, so the context id (unguessable) is what makes them the caller.
+pub fn scope_of(caller: &Caller, context_id: &str) -> String {
+    match &caller.agent {
+        Some(a) => format!("agent:{}", a.id),
+        None => format!("{PUBLIC_SCOPE}{context_id}"),
+    }
+}
+
+const PUBLIC_SCOPE: &str = "public:";
+
+/// A context id or an unsigned caller's task id: 144 random bits, base64url.
+fn new_secret_id() -> String {
+    crate::util::random_token(18)
+}
+
+fn unknown_context(context_id: &str) -> RpcError {
+    RpcError::invalid_params(format!(
+        "unknown context {context_id:?}: unsigned callers continue only a context this agent \
+         started for them; send the first message without contextId and use the contextId of \
+         the reply"
+    ))
+}
+
+/// The caller's task with this id: a signing agent's own, or — for an unsigned caller, who
+/// proves nothing but the ids it was given — a task of some unsigned context.
+async fn find_task(state: &AppState, caller: &Caller, id: &str) -> Result<Task, RpcError> {
+    let task = match &caller.agent {
+        Some(_) => tasks::get_task(&state.store, &scope_of(caller, ""), id).await?,
+        None => tasks::task_by_id(&state.store, id)
+            .await?
+            .filter(|t| t.scope.starts_with(PUBLIC_SCOPE)),
+    };
+    task.ok_or_else(|| RpcError::task_not_found(id))
 }
 
 pub(crate) fn str_param<'a>(params: &'a Value, key: &str) -> Result<Option<&'a str>, RpcError> {
@@ -598,14 +629,12 @@ fn new_id() -> String {
 
 async fn prepare(
     state: &AppState,
-    scope: &str,
+    caller: &Caller,
     mut message: Message,
 ) -> Result<Prepared, RpcError> {
     let now = crate::util::now_ms();
     if let Some(task_id) = message.task_id.clone() {
-        let mut task = tasks::get_task(&state.store, scope, &task_id)
-            .await?
-            .ok_or_else(|| RpcError::task_not_found(&task_id))?;
+        let mut task = find_task(state, caller, &task_id).await?;
         if task.message_id == message.message_id
             || task
                 .history
@@ -641,23 +670,41 @@ async fn prepare(
         return Ok(Prepared::Run(Box::new(task), work));
     }
     let work = work_of(&message)?;
+    // An unsigned caller continues only a context minted for it; its first message gets a new
+    // one. A signing agent names its own contexts (they live under its scope).
+    let context_id = match (&caller.agent, message.context_id.clone()) {
+        (Some(_), Some(c)) => c,
+        (None, Some(c)) => {
+            if !tasks::public_context_exists(&state.store, &c).await? {
+                return Err(unknown_context(&c));
+            }
+            c
+        }
+        (_, None) => {
+            let c = new_secret_id();
+            if caller.agent.is_none() {
+                tasks::mint_public_context(&state.store, &c, now).await?;
+            }
+            c
+        }
+    };
+    let scope = scope_of(caller, &context_id);
     // A resent message gets its task back instead of running again. Reads skip the lookup:
     // they change nothing, and the unique (scope, messageId) index catches a resend when the
     // task is saved.
     let read_only = matches!(&work, Work::Call(c) if !calls::needs_idempotency(c.name()));
     if !read_only
-        && let Some(t) = tasks::task_by_message(&state.store, scope, &message.message_id).await?
+        && let Some(t) = tasks::task_by_message(&state.store, &scope, &message.message_id).await?
     {
         return Ok(Prepared::Done(t));
     }
-    let context_id = message.context_id.clone().unwrap_or_else(new_id);
-    let id = new_id();
+    let id = new_secret_id();
     message.context_id = Some(context_id.clone());
     message.task_id = Some(id.clone());
     Ok(Prepared::Run(
         Box::new(Task {
             id,
-            scope: scope.to_string(),
+            scope,
             context_id,
             message_id: message.message_id.clone(),
             state: TaskState::Working,
@@ -772,6 +819,67 @@ async fn execute(
     Ok(added)
 }
 
+/// What a consumer agent's text conversation may do for a customer, from the call's
+/// credentials: the same token checks as a data part (a signed request, the token issued to
+/// that agent, not revoked or expired — done by `authenticate` — and the token's own checks).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TextRights {
+    /// The customer the token proves, when it allows reading their orders (`get_order`, what
+    /// the brand agent discloses in text).
+    customer: Option<String>,
+    /// A "yes" may confirm a write the brand agent proposes: only when the token allows every
+    /// write the brand agent can make, with no spending limit and no category restriction —
+    /// otherwise writes go through data parts, where the token's limits are enforced per call.
+    confirms_writes: bool,
+}
+
+/// The writes the brand agent can propose in a conversation.
+const DIALOGUE_WRITES: &[&str] = &[
+    "cancel_order",
+    "modify_order_address",
+    "modify_order_items",
+    "modify_order_payment",
+    "update_customer_address",
+    "return_items",
+    "exchange_items",
+];
+
+fn text_rights(caller: &Caller) -> TextRights {
+    let (Some(agent), Some(grant)) = (&caller.agent, &caller.grant) else {
+        return TextRights::default();
+    };
+    let now = crate::util::now_ms();
+    let Some(token) = grant.token.as_ref() else {
+        return TextRights::default();
+    };
+    if grant.agent_id != agent.id || grant.expires_at <= now {
+        return TextRights::default();
+    }
+    let allows = |op: &str| {
+        grant.ops.iter().any(|o| o == op)
+            && super::tokens::authorize(
+                token,
+                &super::tokens::CallFacts {
+                    operation: op,
+                    customer_id: &grant.customer_id,
+                    spend: 0,
+                    categories: &[],
+                    now,
+                },
+            )
+            .is_ok()
+    };
+    if !allows("get_order") {
+        return TextRights::default();
+    }
+    TextRights {
+        customer: Some(grant.customer_id.clone()),
+        confirms_writes: grant.spend_limit.is_none()
+            && grant.categories.is_empty()
+            && DIALOGUE_WRITES.iter().all(|op| allows(op)),
+    }
+}
+
 struct Reply {
     text: String,
     conversation_id: String,
@@ -788,8 +896,13 @@ async fn converse(
     text: &str,
 ) -> Result<Reply, RpcError> {
     let user_message = task.history.last().map(|m| m.message_id.clone());
+    // One identity per (agent, context): whatever one conversation of an agent learns about a
+    // customer never carries over to its other contexts.
     let (sender_id, sender_name) = match &caller.agent {
-        Some(a) => (format!("agent:{}", a.id), Some(a.name.clone())),
+        Some(a) => (
+            format!("agent:{}/{}", a.id, task.context_id),
+            Some(a.name.clone()),
+        ),
         None => (format!("a2a:{}", task.context_id), None),
     };
     let msg = InboundMessage {
@@ -828,6 +941,8 @@ async fn converse(
             resolution,
         });
     }
+    let rights = text_rights(caller);
+    let requester = caller.agent.as_ref().map(|a| format!("agent:{}", a.id));
     let inbound = Inbound {
         conversation_id: &outcome.conversation_id,
         message_id: &outcome.message_id,
@@ -837,11 +952,12 @@ async fn converse(
         sender_email: None,
         sender_verified: false,
         sender_email_is_claim: false,
-        confirms_writes: true,
-        identity_linkable: true,
-        requester: None,
-        verify_from_claims: true,
-        vouched_customer: None,
+        confirms_writes: rights.confirms_writes,
+        identity_linkable: false,
+        requester: requester.as_deref(),
+        // What an agent writes about a shopper is hearsay: only a capability token verifies.
+        verify_from_claims: false,
+        vouched_customer: rights.customer.as_deref(),
     };
     let reply = crate::channels::answer(state, &inbound)
         .await
@@ -865,12 +981,11 @@ fn send_result(task: &Task, d: Dialect, history_length: Option<usize>) -> Value 
 async fn send(
     state: &AppState,
     caller: &Caller,
-    scope: &str,
     d: Dialect,
     params: &Value,
 ) -> Result<Value, RpcError> {
     let p = parse_send(params)?;
-    match prepare(state, scope, p.message).await? {
+    match prepare(state, caller, p.message).await? {
         Prepared::Done(t) => Ok(send_result(&t, d, p.history_length)),
         Prepared::Run(mut task, work) => {
             execute(state, caller, &mut task, work).await?;
@@ -878,7 +993,7 @@ async fn send(
                 Ok(()) => Ok(send_result(&task, d, p.history_length)),
                 // The same message sent twice at once: the first one's task is the answer.
                 Err(e) if e.is_unique_violation() => {
-                    let first = tasks::task_by_message(&state.store, scope, &task.message_id)
+                    let first = tasks::task_by_message(&state.store, &task.scope, &task.message_id)
                         .await?
                         .ok_or_else(|| RpcError::internal(e))?;
                     Ok(send_result(&first, d, p.history_length))
@@ -904,19 +1019,12 @@ fn sse_response(rx: tokio::sync::mpsc::Receiver<Event>) -> Response {
 
 /// SendStreamingMessage / message/stream: the task (WORKING), then its artifacts and the final
 /// status as Server-Sent Events. Bad requests are answered with a plain JSON-RPC error.
-async fn stream(
-    state: AppState,
-    caller: Caller,
-    scope: String,
-    d: Dialect,
-    id: Value,
-    params: Value,
-) -> Response {
+async fn stream(state: AppState, caller: Caller, d: Dialect, id: Value, params: Value) -> Response {
     let p = match parse_send(&params) {
         Ok(p) => p,
         Err(e) => return rpc_error(&id, e),
     };
-    let prepared = match prepare(&state, &scope, p.message).await {
+    let prepared = match prepare(&state, &caller, p.message).await {
         Ok(x) => x,
         Err(e) => return rpc_error(&id, e),
     };
@@ -931,7 +1039,7 @@ async fn stream(
             match tasks::save_task(&state.store, &task).await {
                 Ok(()) => {}
                 Err(e) if e.is_unique_violation() => {
-                    return match tasks::task_by_message(&state.store, &scope, &task.message_id)
+                    return match tasks::task_by_message(&state.store, &task.scope, &task.message_id)
                         .await
                     {
                         Ok(Some(first)) => {
@@ -994,16 +1102,21 @@ async fn stream(
 
 async fn get_task(
     state: &AppState,
-    scope: &str,
+    caller: &Caller,
     d: Dialect,
     params: &Value,
 ) -> Result<Value, RpcError> {
     let id = task_id_param(params)?;
     let history_length = uint_param(params, "historyLength")?;
-    let task = tasks::get_task(&state.store, scope, id)
-        .await?
-        .ok_or_else(|| RpcError::task_not_found(id))?;
+    let task = find_task(state, caller, id).await?;
     Ok(task_json(&task, d, history_length, true))
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp (sub-millisecond digits dropped).
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 fn page_token(t: &Task) -> String {
@@ -1019,19 +1132,15 @@ pub(crate) fn parse_page_token(s: &str) -> Option<(i64, String)> {
     Some((t.parse().ok()?, id.to_string()))
 }
 
+/// ListTasks: a signing agent's tasks (all, or one context's); for an unsigned caller only the
+/// tasks of the context it presents — nothing without one.
 async fn list_tasks(
     state: &AppState,
     caller: &Caller,
-    scope: &str,
     d: Dialect,
     params: &Value,
 ) -> Result<Value, RpcError> {
     let context_id = str_param(params, "contextId")?.filter(|s| !s.is_empty());
-    if caller.agent.is_none() && context_id.is_none() {
-        return Err(RpcError::invalid_params(
-            "contextId is required for unsigned callers (sign the request to list all your tasks)",
-        ));
-    }
     let status = match str_param(params, "status")? {
         None | Some("") | Some("TASK_STATE_UNSPECIFIED") => None,
         Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
@@ -1050,14 +1159,37 @@ async fn list_tasks(
             RpcError::invalid_params("pageToken is not a token this agent gave out")
         })?),
     };
+    let updated_since = match str_param(params, "statusTimestampAfter")? {
+        None | Some("") => None,
+        Some(ts) => Some(parse_rfc3339_ms(ts).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "statusTimestampAfter: {ts:?} is not an RFC 3339 timestamp such as \
+                 2026-01-31T12:00:00Z"
+            ))
+        })?),
+    };
     let history_length = uint_param(params, "historyLength")?;
     let include_artifacts = params
         .get("includeArtifacts")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let (page, total) =
-        tasks::list_tasks(&state.store, scope, context_id, status, after, page_size).await?;
-    let next = if page.len() == page_size {
+    let (mut page, total) = match (&caller.agent, context_id) {
+        // Unsigned and no context presented: there is nothing this caller has shown it owns.
+        (None, None) => (Vec::new(), 0),
+        (_, context) => {
+            let scope = scope_of(caller, context.unwrap_or_default());
+            let filter = tasks::TaskFilter {
+                context_id: context,
+                state: status,
+                updated_since,
+            };
+            // One more than the page, to know whether another page follows.
+            tasks::list_tasks(&state.store, &scope, filter, after, page_size + 1).await?
+        }
+    };
+    let more = page.len() > page_size;
+    page.truncate(page_size);
+    let next = if more {
         page.last().map(page_token).unwrap_or_default()
     } else {
         String::new()
@@ -1065,21 +1197,20 @@ async fn list_tasks(
     Ok(json!({
         "tasks": page.iter().map(|t| task_json(t, d, history_length, include_artifacts)).collect::<Vec<_>>(),
         "nextPageToken": next,
-        "pageSize": page_size,
+        // The size of this page (A2A 1.0: the number of tasks returned).
+        "pageSize": page.len(),
         "totalSize": total,
     }))
 }
 
 async fn cancel_task(
     state: &AppState,
-    scope: &str,
+    caller: &Caller,
     d: Dialect,
     params: &Value,
 ) -> Result<Value, RpcError> {
     let id = task_id_param(params)?;
-    let mut task = tasks::get_task(&state.store, scope, id)
-        .await?
-        .ok_or_else(|| RpcError::task_not_found(id))?;
+    let mut task = find_task(state, caller, id).await?;
     if task.state.is_terminal() {
         return Err(RpcError::new(
             -32002,
@@ -1100,16 +1231,14 @@ async fn cancel_task(
 /// so a subscription gets the task's current state and ends.
 async fn subscribe(
     state: &AppState,
-    scope: &str,
+    caller: &Caller,
     d: Dialect,
     id: Value,
     params: &Value,
 ) -> Response {
     let outcome = async {
         let task_id = task_id_param(params)?;
-        let task = tasks::get_task(&state.store, scope, task_id)
-            .await?
-            .ok_or_else(|| RpcError::task_not_found(task_id))?;
+        let task = find_task(state, caller, task_id).await?;
         if task.state.is_terminal() {
             return Err(RpcError::new(
                 -32004,

@@ -1,7 +1,7 @@
 //! A2A's data model as Concierge keeps it — messages, parts, tasks and artifacts — with the
 //! two wire dialects (1.0: `{"text": …}` parts, `ROLE_USER`, `TASK_STATE_COMPLETED`; 0.3: `kind`
 //! fields, `user`, `completed`), and the persistence of tasks and contexts (tables `a2a_tasks`,
-//! `a2a_contexts`). Stored JSON is the 1.0 form; [`parse_message`] reads either dialect.
+//! `a2a_contexts`, and `a2a_public_contexts` for the contexts minted for unsigned callers). Stored JSON is the 1.0 form; [`parse_message`] reads either dialect.
 
 use base64::Engine;
 use serde_json::{Map, Value, json};
@@ -511,6 +511,37 @@ pub async fn get_task(store: &Store, scope: &str, id: &str) -> StoreResult<Optio
     row.as_ref().map(row_task).transpose()
 }
 
+/// A task by id in any scope (the caller checks that the scope is theirs).
+pub async fn task_by_id(store: &Store, id: &str) -> StoreResult<Option<Task>> {
+    let row = sqlx::query(
+        "SELECT id, scope, context_id, message_id, state, status_message, history, artifacts, \
+         conversation_id, created_at, updated_at FROM a2a_tasks WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?;
+    row.as_ref().map(row_task).transpose()
+}
+
+/// Records a context minted for an unsigned caller.
+pub async fn mint_public_context(store: &Store, id: &str, now: i64) -> StoreResult<()> {
+    sqlx::query("INSERT INTO a2a_public_contexts (id, created_at) VALUES ($1, $2)")
+        .bind(id)
+        .bind(now)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Whether the server minted this context for an unsigned caller.
+pub async fn public_context_exists(store: &Store, id: &str) -> StoreResult<bool> {
+    let row = sqlx::query("SELECT id FROM a2a_public_contexts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?;
+    Ok(row.is_some())
+}
+
 pub async fn task_by_message(
     store: &Store,
     scope: &str,
@@ -577,16 +608,29 @@ pub async fn save_task(store: &Store, t: &Task) -> StoreResult<()> {
     Ok(())
 }
 
+/// Which of a scope's tasks [`list_tasks`] lists.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TaskFilter<'a> {
+    pub context_id: Option<&'a str>,
+    pub state: Option<TaskState>,
+    /// Only tasks whose status changed at or after this time (ms since the epoch).
+    pub updated_since: Option<i64>,
+}
+
 /// One page of a scope's tasks, newest first, after the keyset `after` (updated_at, id);
 /// returns the page and the total count matching the filters.
 pub async fn list_tasks(
     store: &Store,
     scope: &str,
-    context_id: Option<&str>,
-    state: Option<TaskState>,
+    filter_by: TaskFilter<'_>,
     after: Option<(i64, String)>,
     limit: usize,
 ) -> StoreResult<(Vec<Task>, i64)> {
+    let TaskFilter {
+        context_id,
+        state,
+        updated_since,
+    } = filter_by;
     let mut filter = String::from("scope = $1");
     let mut n = 1;
     let mut next = || {
@@ -595,11 +639,15 @@ pub async fn list_tasks(
     };
     let ctx_p = context_id.map(|_| next());
     let state_p = state.map(|_| next());
+    let since_p = updated_since.map(|_| next());
     if let Some(p) = ctx_p {
         filter.push_str(&format!(" AND context_id = ${p}"));
     }
     if let Some(p) = state_p {
         filter.push_str(&format!(" AND state = ${p}"));
+    }
+    if let Some(p) = since_p {
+        filter.push_str(&format!(" AND updated_at >= ${p}"));
     }
     let count_sql = format!("SELECT COUNT(*) AS n FROM a2a_tasks WHERE {filter}");
     let mut page_filter = filter.clone();
@@ -623,6 +671,10 @@ pub async fn list_tasks(
     if let Some(s) = state {
         count = count.bind(s.db());
         page = page.bind(s.db());
+    }
+    if let Some(t) = updated_since {
+        count = count.bind(t);
+        page = page.bind(t);
     }
     if let Some((t, id)) = &after {
         page = page.bind(*t).bind(id.clone());

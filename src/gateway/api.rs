@@ -304,12 +304,18 @@ async fn policies(
     read(&state, method, uri, headers, calls::SEARCH_POLICY, args).await
 }
 
-async fn openapi(State(state): State<AppState>) -> Response {
-    axum::Json(openapi_document(&state)).into_response()
+async fn openapi(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let base = super::a2a::base_url(&state, &uri, &headers);
+    axum::Json(openapi_document(&state, &base)).into_response()
 }
 
-/// The OpenAPI 3.1 document of `/agent/v1`, generated from the tool specs.
-pub fn openapi_document(state: &AppState) -> Value {
+/// The OpenAPI 3.1 document of `/agent/v1`, generated from the tool specs; `base` is the
+/// service's public base URL.
+pub fn openapi_document(state: &AppState, base: &str) -> Value {
     let mut paths = Map::new();
     let secured = json!([{"agentSignature": [], "capabilityToken": []}]);
     let responses = |ok: &str| {
@@ -425,12 +431,6 @@ pub fn openapi_document(state: &AppState) -> Value {
             "responses": {"200": {"description": "The tools.", "content": {"application/json": {"schema": {"type": "object"}}}}}
         }}),
     );
-    let base = state
-        .config
-        .server
-        .public_url
-        .clone()
-        .unwrap_or_else(|| "/".to_string());
     json!({
         "openapi": "3.1.0",
         "info": {

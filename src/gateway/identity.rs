@@ -292,14 +292,8 @@ fn header_value(headers: &HeaderMap, name: &str) -> Result<Option<String>, Gatew
 /// The URL the client sent the request to (see the module docs).
 pub fn target_uri(public_url: Option<&str>, req: &SignedRequest<'_>) -> String {
     let path_and_query = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    match public_url {
-        Some(base) => format!("{}{path_and_query}", base.trim_end_matches('/')),
-        None => format!(
-            "{}://{}{path_and_query}",
-            scheme(req),
-            authority(req).unwrap_or_default()
-        ),
-    }
+    let base = crate::http::hosts::public_base(public_url, req.uri, req.headers);
+    format!("{base}{path_and_query}")
 }
 
 fn scheme(req: &SignedRequest<'_>) -> String {

@@ -5,6 +5,7 @@
 mod api;
 pub mod client_ip;
 pub mod headers;
+pub mod hosts;
 
 use std::time::Duration;
 

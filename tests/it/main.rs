@@ -3,6 +3,8 @@
 #[macro_use]
 mod helpers;
 
+mod a2a_tck;
+mod a2a_trust;
 mod agent;
 mod api;
 mod browser;
