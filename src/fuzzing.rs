@@ -446,8 +446,8 @@ fn token_seeds() -> Vec<Vec<u8>> {
         {
             let ops = ["get_order".to_string()];
             if let Ok(narrow) = tokens::attenuate(&text, &root, Some(&ops), Some(10), None)
-                && let Ok(bytes) = biscuit_auth::Biscuit::from_base64(narrow.trim(), root)
-                    .and_then(|b| b.to_vec())
+                && let Ok(bytes) =
+                    biscuit_auth::Biscuit::from_base64(narrow.trim(), root).and_then(|b| b.to_vec())
             {
                 out.push(bytes);
             }

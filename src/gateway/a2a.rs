@@ -330,7 +330,10 @@ async fn rpc(
         params,
     } = match read_envelope(&body) {
         Ok(e) => e,
-        Err((id, e)) => return rpc_error(&id, e),
+        Err(refused) => {
+            let (id, e) = *refused;
+            return rpc_error(&id, e);
+        }
     };
     let signed = SignedRequest {
         method: &method,
@@ -388,17 +391,17 @@ pub(crate) struct Envelope {
 }
 
 /// Reads a request body into its envelope, or the error to answer with (and the id to answer to).
-pub(crate) fn read_envelope(body: &[u8]) -> Result<Envelope, (Value, RpcError)> {
+pub(crate) fn read_envelope(body: &[u8]) -> Result<Envelope, Box<(Value, RpcError)>> {
     let req: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            return Err((
+            return Err(Box::new((
                 Value::Null,
                 RpcError::new(
                     -32700,
                     format!("Parse error: the body is not valid JSON: {e}"),
                 ),
-            ));
+            )));
         }
     };
     let Value::Object(obj) = req else {
@@ -407,35 +410,35 @@ pub(crate) fn read_envelope(body: &[u8]) -> Result<Envelope, (Value, RpcError)> 
         } else {
             "the body must be a JSON-RPC request object"
         };
-        return Err((
+        return Err(Box::new((
             Value::Null,
             RpcError::new(-32600, format!("Invalid Request: {what}")),
-        ));
+        )));
     };
     let id = obj.get("id").cloned().unwrap_or(Value::Null);
     if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
-        return Err((
+        return Err(Box::new((
             Value::Null,
             RpcError::new(
                 -32600,
                 "Invalid Request: id must be a string, a number or null",
             ),
-        ));
+        )));
     }
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err((
+        return Err(Box::new((
             id,
             RpcError::new(-32600, "Invalid Request: jsonrpc must be \"2.0\""),
-        ));
+        )));
     }
     let Some(method_name) = obj.get("method").and_then(Value::as_str) else {
-        return Err((
+        return Err(Box::new((
             id,
             RpcError::new(-32600, "Invalid Request: method must be a string"),
-        ));
+        )));
     };
     let Some((dialect, op)) = method_op(method_name) else {
-        return Err((
+        return Err(Box::new((
             id,
             RpcError::new(
                 -32601,
@@ -446,13 +449,16 @@ pub(crate) fn read_envelope(body: &[u8]) -> Result<Envelope, (Value, RpcError)> 
                      tasks/cancel, tasks/resubscribe)"
                 ),
             ),
-        ));
+        )));
     };
     let params = match obj.get("params") {
         None | Some(Value::Null) => json!({}),
         Some(p @ Value::Object(_)) => p.clone(),
         Some(_) => {
-            return Err((id, RpcError::invalid_params("params must be an object")));
+            return Err(Box::new((
+                id,
+                RpcError::invalid_params("params must be an object"),
+            )));
         }
     };
     Ok(Envelope {

@@ -188,10 +188,15 @@ impl Mutator {
 /// Runs `entry` on `input`; a panic fails the test with the input.
 fn check(target: &str, entry: fn(&[u8]), input: &[u8]) {
     if catch_unwind(AssertUnwindSafe(|| entry(input))).is_err() {
+        // Kept for a regression test: copy it to fuzz/found/<target>/ once fixed.
+        let dir = root().join("target/fuzz-failures");
+        let path = dir.join(format!("{target}-{}", concierge::util::sha256_hex(input)));
+        let saved = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, input));
         panic!(
-            "fuzz target {target} panicked on this input ({} bytes): {:?}",
+            "fuzz target {target} panicked on an input of {} bytes (saved: {}, {saved:?}): {:?}",
             input.len(),
-            String::from_utf8_lossy(input)
+            path.display(),
+            String::from_utf8_lossy(&input[..input.len().min(2000)])
         );
     }
 }
@@ -293,6 +298,21 @@ fn webchat_frame() {
 #[test]
 fn importers() {
     fuzz("importers");
+}
+
+/// Inputs that made a target panic (fuzz/found/<target>/), each a bug fixed since.
+#[test]
+fn found_inputs_stay_fixed() {
+    let mut found = 0;
+    for (target, entry) in fuzzing::TARGETS {
+        let mut inputs = Vec::new();
+        files_under(&root().join("fuzz/found").join(target), &mut inputs);
+        for input in &inputs {
+            check(target, *entry, input);
+        }
+        found += inputs.len();
+    }
+    assert!(found > 0, "fuzz/found holds no inputs");
 }
 
 /// Writes the generated seeds into fuzz/seeds/<target>/ (run when they change):

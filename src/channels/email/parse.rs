@@ -105,6 +105,8 @@ pub enum EmailError {
     Empty,
     #[error("not an email: no headers")]
     NoHeaders,
+    #[error("not an email: its MIME structure cannot be read")]
+    Malformed,
     #[error(
         "not an email: none of From, To, Subject, Date, Message-ID, MIME-Version or Content-Type"
     )]
@@ -116,8 +118,10 @@ pub fn parse(raw: &[u8]) -> Result<ParsedEmail, EmailError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(EmailError::Empty);
     }
-    let message = MessageParser::default()
-        .parse(raw)
+    // mail-parser asserts on some malformed nestings (in builds with debug assertions, which
+    // the fuzzers and tests use); a message it cannot read is refused, never a crash.
+    let message = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .map_err(|_| EmailError::Malformed)?
         .ok_or(EmailError::NoHeaders)?;
     let root = message.parts.first().ok_or(EmailError::NoHeaders)?;
     if root.headers.is_empty() {
