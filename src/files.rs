@@ -7,13 +7,16 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// The file in the data dir holding the service's Ed25519 key (PKCS#8 PEM, mode 0600).
+pub const SERVICE_KEY_FILE: &str = "service_key.pem";
+
 /// Files in the data dir that hold secrets or customers' data.
 const PRIVATE_FILES: &[&str] = &[
     "concierge.db",
     "concierge.db-wal",
     "concierge.db-shm",
     "concierge.db-journal",
-    crate::gateway::identity::SERVICE_KEY_FILE,
+    SERVICE_KEY_FILE,
 ];
 
 /// Creates the data dir 0700 (or fixes its mode) and, for SQLite, creates the database file

@@ -40,8 +40,7 @@ use crate::commerce::Millis;
 pub const MAX_SIGNATURE_AGE_SECS: i64 = 300;
 /// How far ahead of our clock `created` may be, in seconds.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 60;
-/// The file in the data dir holding the service's Ed25519 key (PKCS#8 PEM, mode 0600).
-pub const SERVICE_KEY_FILE: &str = "service_key.pem";
+pub use crate::files::SERVICE_KEY_FILE;
 
 // ---- keys ----
 
