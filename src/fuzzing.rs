@@ -20,8 +20,11 @@ use crate::gateway::identity;
 use crate::gateway::tokens;
 use crate::import::tau;
 
+/// A fuzz target's entry point: it takes any bytes and must not panic.
+pub type Entry = fn(&[u8]);
+
 /// Every target: its name (the `fuzz/` binary, the seed folder) and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("email", email),
     ("shopify_webhook", shopify_webhook),
     ("marketplace_webhook", marketplace_webhook),

@@ -79,7 +79,7 @@ pub async fn receive(
     payload: &Value,
 ) -> Result<Received, ApiError> {
     let msg = match read_payload(m, payload)? {
-        Payload::Message(msg) => msg,
+        Payload::Message(msg) => *msg,
         Payload::Ignored(why) => return Ok(Received::Ignored(why)),
     };
     let outcome = crate::inbox::receive(&state.store, &msg)
@@ -118,7 +118,7 @@ pub async fn receive(
 /// What a verified payload holds.
 pub(crate) enum Payload {
     /// A buyer's message, ready for the inbox.
-    Message(InboundMessage),
+    Message(Box<InboundMessage>),
     /// A notification without a buyer's text; why it is ignored.
     Ignored(String),
 }
@@ -189,7 +189,7 @@ pub(crate) fn read_payload(m: &Marketplace, payload: &Value) -> Result<Payload, 
             "topic": topic,
         }),
     };
-    Ok(Payload::Message(msg))
+    Ok(Payload::Message(Box::new(msg)))
 }
 
 /// A string, number or boolean at a JSON pointer, as text.
