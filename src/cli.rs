@@ -1,4 +1,4 @@
-//! The command line: `serve`, `import`, `export`, `reindex` and `bench`. Each command loads the
+//! The command line: `serve`, `import`, `export`, `reindex`, `drill` and `bench`. Each command loads the
 //! configuration (file, environment, then its flags), does its work through the library, and
 //! exits non-zero with a message that says what went wrong.
 
@@ -87,6 +87,11 @@ pub enum Command {
     Eval {
         #[command(subcommand)]
         what: EvalCommand,
+    },
+    /// Drills that show what happens when things go wrong (see `concierge drill crash --help`).
+    Drill {
+        #[command(subcommand)]
+        what: crate::drill::DrillCommand,
     },
     /// Measure speed on this machine (build with --release for real figures).
     Bench {
@@ -261,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
+        Command::Drill { what } => crate::drill::run_command(what).await,
         Command::Bench { what } => crate::bench::run(what).await,
     }
 }

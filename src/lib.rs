@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commerce;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod error;
 pub mod files;
 #[doc(hidden)]

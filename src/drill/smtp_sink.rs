@@ -1,6 +1,6 @@
-//! A small SMTP server for tests: it speaks the protocol (greeting, EHLO/HELO, MAIL, RCPT,
-//! DATA with dot-unstuffing, RSET, NOOP, QUIT) over real TCP and keeps every message it
-//! accepts, so tests see exactly what a mail server would receive.
+//! A small SMTP sink for the crash drill and the test suite: it speaks the protocol (greeting,
+//! EHLO/HELO, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT) over real TCP and keeps
+//! every message it accepts, so a drill or a test sees exactly what a mail server would receive.
 
 use std::sync::{Arc, Mutex};
 
@@ -46,11 +46,16 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     /// Listens on `port` (0: any free port).
+    ///
+    /// Panics when the port cannot be bound (tests); [`SmtpSink::bind`] returns the error.
     pub async fn start(port: u16) -> SmtpSink {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("bind smtp sink");
-        let port = listener.local_addr().unwrap().port();
+        SmtpSink::bind(port).await.expect("bind the SMTP sink")
+    }
+
+    /// Listens on `port` on 127.0.0.1 (0: any free port).
+    pub async fn bind(port: u16) -> std::io::Result<SmtpSink> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let port = listener.local_addr()?.port();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let store = received.clone();
         let task = tokio::spawn(async move {
@@ -61,15 +66,15 @@ impl SmtpSink {
                 });
             }
         });
-        SmtpSink {
+        Ok(SmtpSink {
             port,
             received,
             task,
-        }
+        })
     }
 
     pub fn messages(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        lock(&self.received).clone()
     }
 
     pub fn stop(self) {
@@ -125,7 +130,7 @@ async fn session(
                 let l = line.strip_prefix('.').unwrap_or(&line);
                 data.push_str(l);
             }
-            store.lock().unwrap().push(Received {
+            lock(&store).push(Received {
                 from: from.clone(),
                 to: std::mem::take(&mut to),
                 data,
@@ -140,4 +145,8 @@ async fn session(
             w.write_all(b"502 Command not implemented\r\n").await?;
         }
     }
+}
+
+fn lock(m: &Mutex<Vec<Received>>) -> std::sync::MutexGuard<'_, Vec<Received>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
