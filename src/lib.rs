@@ -11,6 +11,7 @@ pub mod commerce;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -19,8 +20,8 @@ pub mod http;
 pub mod import;
 pub mod inbox;
 pub mod limits;
-pub mod outbox;
 pub mod search;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod util;

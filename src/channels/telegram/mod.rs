@@ -20,8 +20,8 @@ use axum::routing::post;
 use teloxide::Bot;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::config::TelegramConfig;
+use crate::state::AppState;
 
 pub use outbound::send;
 
