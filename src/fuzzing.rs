@@ -20,8 +20,11 @@ use crate::gateway::identity;
 use crate::gateway::tokens;
 use crate::import::tau;
 
+/// A fuzz target's entry point: it takes the fuzzer's bytes.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the `fuzz/` binary, the seed folder) and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("email", email),
     ("shopify_webhook", shopify_webhook),
     ("marketplace_webhook", marketplace_webhook),

@@ -10,7 +10,8 @@
 //! the `/start` greeting or a group chat's invitation, as the message's stored [`Answer`] says,
 //! with the [`Inbound`] rebuilt from its stored [`Trust`] — stores it naming the message it
 //! answers (one answer per message, enforced by the database) with its delivery in the same
-//! transaction, publishes it, and wakes the worker for the delivery.
+//! transaction, publishes it, and wakes the worker for the delivery (and whatever else the turn
+//! queued).
 //!
 //! [`Store::lock_conversation`]: crate::store::Store::lock_conversation
 
@@ -136,9 +137,8 @@ pub async fn run(state: &AppState, message_id: &str) -> Result<Option<Message>, 
             status: "escalated".into(),
         });
     }
-    if delivery.is_some() {
-        state.wake_worker();
-    }
+    // The reply's delivery, and whatever else the turn queued (a one-time code by email).
+    state.wake_worker();
     Ok(Some(reply))
 }
 

@@ -508,8 +508,7 @@ async fn chat_sockets_are_limited_per_address() {
     let _b = connect(&app).await;
     let (status, retry) = handshake(&app, None)
         .await
-        .err()
-        .expect("a third socket is refused");
+        .expect_err("a third socket is refused");
     assert_eq!(status, 429);
     assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
     // Closing one gives its slot back.
@@ -537,8 +536,7 @@ async fn chat_sockets_only_from_allowed_origins() {
     );
     let (status, _) = handshake(&app, Some("https://evil.example"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(status, 403);
     app.stop().await;
 
@@ -553,8 +551,7 @@ async fn chat_sockets_only_from_allowed_origins() {
     );
     let (status, _) = handshake(&app, Some("https://evil.example"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(status, 403);
     let own = app.addr.clone();
     assert_eq!(

@@ -298,7 +298,10 @@ async fn a_message_acknowledged_before_a_kill_is_answered_after_restart_once() {
         })
         .await;
         assert!(
-            reply["text"].as_str().unwrap_or_default().contains("Happy to help with that!"),
+            reply["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Happy to help with that!"),
             "the model's answer: {reply}"
         );
     }

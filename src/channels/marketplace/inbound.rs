@@ -78,7 +78,7 @@ pub async fn receive(
     payload: &Value,
 ) -> Result<Received, ApiError> {
     let msg = match read_payload(m, payload)? {
-        Payload::Message(msg) => msg,
+        Payload::Message(msg) => *msg,
         Payload::Ignored(why) => return Ok(Received::Ignored(why)),
     };
     // Stored with its turn in one step; a duplicate gets the turn queued only when it has none.
@@ -108,7 +108,7 @@ pub async fn receive(
 /// What a verified payload holds.
 pub(crate) enum Payload {
     /// A buyer's message, ready for the inbox.
-    Message(InboundMessage),
+    Message(Box<InboundMessage>),
     /// A notification without a buyer's text; why it is ignored.
     Ignored(String),
 }
@@ -179,7 +179,7 @@ pub(crate) fn read_payload(m: &Marketplace, payload: &Value) -> Result<Payload, 
             "topic": topic,
         }),
     };
-    Ok(Payload::Message(msg))
+    Ok(Payload::Message(Box::new(msg)))
 }
 
 /// A string, number or boolean at a JSON pointer, as text.
