@@ -1,7 +1,9 @@
-//! Application assembly: opens the store and the search index, loads the brand, binds the
-//! listener (port 0 in tests), starts the job worker and the metrics listener, and runs until a
-//! shutdown signal — then stops taking requests, finishes in-flight ones and the running job,
-//! commits the index and closes the database.
+//! Application assembly: opens the store and the search index, loads the brand and its
+//! marketplaces into the [`AppState`], mounts every face on one router, binds the listener (port
+//! 0 in tests), starts the job worker (with each job kind's handler) and the metrics listener,
+//! and runs until a shutdown signal — then stops taking requests, finishes in-flight ones and the
+//! running jobs, commits the index and closes the database. Nothing in the library imports this
+//! module but the command line and the benches.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,31 +12,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::agent::{Agent, BrandPaths};
 use crate::commerce::policy::Policy;
 use crate::config::Config;
-use crate::inbox::events::EventHub;
-use crate::search::{self, IndexDoc, IndexWriterHandle, SearchIndex};
-use crate::store::Store;
+use crate::error::{ApiError, BodyLimit};
+use crate::events::EventHub;
+use crate::http::api;
+use crate::search::{self, IndexDoc, SearchIndex};
+use crate::store::{Job, Store};
 use crate::util::{Secret, random_token};
-use crate::worker;
+use crate::worker::{self, Handlers, JobError, JobFuture};
 
-/// Everything a request handler or a job may need. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub search: SearchIndex,
-    pub indexer: IndexWriterHandle,
-    pub policy: Arc<Policy>,
-    pub agent: Arc<Agent>,
-    pub hub: EventHub,
-    pub api_key: Secret,
-    /// Rate and concurrency limits (see [`crate::limits`]).
-    pub limits: Arc<crate::limits::Limits>,
+pub use crate::state::AppState;
+
+/// Rebuild the search index from the database (queued by `concierge import` while the server
+/// holds the index).
+pub const JOB_REINDEX: &str = "reindex";
+
+/// The job kinds this service runs, each by the module that owns it.
+pub fn job_handlers() -> Handlers {
+    Handlers::default()
+        .on(crate::inbox::JOB_TURN, crate::inbox::turn::job)
+        .on(crate::store::JOB_DELIVER, crate::channels::outbox::job)
+        .on(JOB_REINDEX, reindex_job)
+}
+
+fn reindex_job<'a>(state: &'a AppState, _job: &'a Job) -> JobFuture<'a> {
+    Box::pin(async move {
+        let n = rebuild_index_live(state)
+            .await
+            .map_err(|e| JobError::retry(format!("{e:#}")))?;
+        tracing::info!(documents = n, "search index refreshed");
+        Ok(())
+    })
 }
 
 pub struct Application {
@@ -106,6 +125,7 @@ impl Application {
             listener,
             metrics_listener,
             state: AppState {
+                marketplaces: crate::channels::marketplace::load(&config.brand.channels).into(),
                 config: Arc::new(config),
                 store,
                 search,
@@ -115,6 +135,7 @@ impl Application {
                 hub: EventHub::default(),
                 api_key,
                 limits,
+                jobs_queued: Default::default(),
             },
         })
     }
@@ -152,7 +173,7 @@ impl Application {
         let stop = CancellationToken::new();
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
 
-        let worker = tokio::spawn(worker::run(state.clone(), stop.clone()));
+        let worker = tokio::spawn(worker::run(state.clone(), job_handlers(), stop.clone()));
         let telegram = crate::channels::telegram::spawn(&state, stop.clone());
         let metrics = metrics_listener.map(|l| {
             let stop = stop.clone();
@@ -171,11 +192,7 @@ impl Application {
         let bound = listener
             .local_addr()
             .context("the listener has no address")?;
-        let app = crate::http::hosts::layer(
-            crate::http::router(state.clone()),
-            &state.config.server,
-            bound,
-        );
+        let app = crate::http::hosts::layer(router(state.clone()), &state.config.server, bound);
         // Small frames (chat, JSON answers) must not wait for Nagle's algorithm.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -211,6 +228,65 @@ impl Application {
         state.store.close().await;
         served.context("HTTP server failed")
     }
+}
+
+/// Every face on one router: health and the API channel, the channels' webhooks and the web
+/// chat, the staff inbox, the consumer-agent gateway — under the limits, security headers,
+/// body limit, timeout and tracing every request gets.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.server.max_body_bytes;
+    let timeout = Duration::from_secs(state.config.server.request_timeout_secs);
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/api/v1/messages", post(api::post_message))
+        .route("/api/v1/conversations/{id}", get(api::get_conversation))
+        .route("/api/v1/orders/{number}", get(api::get_order))
+        .route("/api/v1/search", get(api::search))
+        .merge(crate::channels::webchat::routes())
+        .merge(crate::channels::email::routes::routes(
+            state.config.email.max_message_bytes,
+        ))
+        .merge(crate::channels::shopify::routes())
+        .merge(crate::channels::telegram::routes())
+        .merge(crate::channels::marketplace::routes(&state))
+        .merge(crate::web::routes(&state))
+        .merge(
+            crate::gateway::routes(&state)
+                .layer(axum::middleware::from_fn(crate::http::limits::gateway_refusals)),
+        )
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(serde_json::json!({"error": {"code": "method_not_allowed", "message": "this endpoint does not take that method"}})),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::limits::public_per_ip,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::headers::security_headers,
+        ))
+        .layer(axum::middleware::from_fn(crate::telemetry::track_requests))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(BodyLimit(limit)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("unmatched");
+                tracing::info_span!("request", method = %req.method(), route)
+            }),
+        )
+        .with_state(state)
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {

@@ -5,6 +5,9 @@
 //! key made of digits stays a string), and a variable naming an unknown setting is an error rather
 //! than silently ignored.
 
+pub mod marketplace;
+
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -170,10 +173,14 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
-    /// How often an idle worker looks for due jobs.
+    /// How often an idle worker looks for due jobs (a job queued on this instance wakes it at
+    /// once).
     pub poll_interval_ms: u64,
-    /// How long a claimed job is leased before another worker may take it over.
+    /// How long a claimed job is leased before another worker may take it over. A running job
+    /// renews its lease, so this is how long a crashed worker's job waits to be taken over.
     pub lease_secs: u64,
+    /// Jobs one instance runs at once.
+    pub concurrency: u32,
 }
 
 impl Default for JobsConfig {
@@ -181,7 +188,44 @@ impl Default for JobsConfig {
         JobsConfig {
             poll_interval_ms: 500,
             lease_secs: 60,
+            concurrency: 8,
         }
+    }
+}
+
+/// How a delivery on one channel is retried: attempts, then exponential backoff with ±20 %
+/// jitter from `base_ms`, doubling per attempt, capped at `max_ms`. A delivery the far end
+/// refuses for good (an unknown chat, a rejected recipient) is a dead letter at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: i64,
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// 8 attempts, 1 s, 2 s, 4 s … at most an hour apart.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base_ms: 1000,
+            max_ms: 3_600_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Milliseconds to wait after the `attempts`-th failed attempt.
+    pub fn backoff_ms(&self, attempts: i64) -> i64 {
+        use rand::Rng;
+        let exp = attempts.clamp(1, 40) - 1;
+        let base = i64::try_from(self.base_ms.max(1)).unwrap_or(i64::MAX);
+        let cap = i64::try_from(self.max_ms.max(self.base_ms.max(1))).unwrap_or(i64::MAX);
+        let wait = base
+            .saturating_mul(1i64.checked_shl(exp as u32).unwrap_or(i64::MAX))
+            .min(cap);
+        let jitter = rand::rng().random_range(-0.2..=0.2);
+        wait + (wait as f64 * jitter) as i64
     }
 }
 
@@ -237,6 +281,11 @@ pub struct EmailConfig {
     pub inbound_secret: Option<Secret>,
     /// Delivery attempts before a reply is a dead letter.
     pub max_attempts: i64,
+    /// Wait before the first retry of a failed delivery, in milliseconds (doubling after each
+    /// further attempt).
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts, in milliseconds.
+    pub retry_max_ms: u64,
     /// Largest inbound message accepted, in bytes.
     pub max_message_bytes: usize,
     /// `authserv-id`s of the mail relays whose `Authentication-Results` header is believed
@@ -252,6 +301,8 @@ impl Default for EmailConfig {
             from: "Support <support@example.com>".into(),
             inbound_secret: None,
             max_attempts: 8,
+            retry_base_ms: 1000,
+            retry_max_ms: 3_600_000,
             max_message_bytes: 25 * 1024 * 1024,
             trusted_authserv_ids: Vec::new(),
         }
@@ -274,6 +325,35 @@ pub struct TelegramConfig {
     pub webhook_secret: Option<Secret>,
     /// Long-polling timeout in seconds.
     pub poll_timeout_secs: u64,
+    /// Delivery attempts before a reply is a dead letter.
+    pub max_attempts: i64,
+    /// Wait before the first retry of a failed delivery, in milliseconds (doubling after each
+    /// further attempt).
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts, in milliseconds.
+    pub retry_max_ms: u64,
+}
+
+impl EmailConfig {
+    /// How a reply by email is retried.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_ms: self.retry_base_ms,
+            max_ms: self.retry_max_ms,
+        }
+    }
+}
+
+impl TelegramConfig {
+    /// How a reply on Telegram is retried.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_ms: self.retry_base_ms,
+            max_ms: self.retry_max_ms,
+        }
+    }
 }
 
 impl Default for TelegramConfig {
@@ -284,6 +364,9 @@ impl Default for TelegramConfig {
             mode: "polling".into(),
             webhook_secret: None,
             poll_timeout_secs: 25,
+            max_attempts: 8,
+            retry_base_ms: 1000,
+            retry_max_ms: 3_600_000,
         }
     }
 }
@@ -478,19 +561,32 @@ impl Config {
                 "[telegram] mode = \"webhook\" needs webhook_secret (CONCIERGE_TELEGRAM__WEBHOOK_SECRET), which Telegram sends with every update".into(),
             ));
         }
-        for p in &self.server.trusted_proxies {
-            crate::http::client_ip::parse_proxy(p)
-                .map_err(|e| ConfigError::Invalid(format!("[server] trusted_proxies: {e}")))?;
-        }
+        TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|e| ConfigError::Invalid(format!("[server] trusted_proxies: {e}")))?;
         if let Some(bad) = self
             .chat
             .frame_ancestors
             .iter()
-            .find(|s| !crate::http::headers::valid_source(s))
+            .find(|s| !valid_csp_source(s))
         {
             return Err(ConfigError::Invalid(format!(
                 "[chat] frame_ancestors: {bad:?} is not one CSP source (an origin such as \"https://shop.example.com\", or 'self')"
             )));
+        }
+        if self.jobs.concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "[jobs] concurrency must be at least 1".into(),
+            ));
+        }
+        for (section, attempts) in [
+            ("email", self.email.max_attempts),
+            ("telegram", self.telegram.max_attempts),
+        ] {
+            if attempts < 1 {
+                return Err(ConfigError::Invalid(format!(
+                    "[{section}] max_attempts must be at least 1, not {attempts}"
+                )));
+            }
         }
         if self.limits.password_checks == 0 {
             return Err(ConfigError::Invalid(
@@ -636,6 +732,44 @@ fn typed_value(skeleton: &toml::Table, path: &[String], raw: &str) -> Result<tom
         ),
         _ => toml::Value::String(raw.to_string()),
     })
+}
+
+/// Whether a `[chat] frame_ancestors` entry can go into the header as one CSP source.
+pub fn valid_csp_source(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+}
+
+/// `[server] trusted_proxies`, parsed: the peers whose `X-Forwarded-For` names the client.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parses the configured entries (IP addresses or CIDR ranges).
+    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
+        entries
+            .iter()
+            .map(|e| parse_proxy(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = crate::util::canonical_ip(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// One `trusted_proxies` entry: `10.0.0.0/8`, `192.0.2.7`, `::1`, `fd00::/8`.
+pub fn parse_proxy(entry: &str) -> Result<ipnet::IpNet, String> {
+    let e = entry.trim();
+    if let Ok(net) = e.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    e.parse::<IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{entry:?} is neither an IP address nor a CIDR range"))
 }
 
 #[cfg(test)]

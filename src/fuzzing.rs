@@ -11,20 +11,20 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::channels::email::{parse as email_parse, quote, thread};
-use crate::channels::marketplace::config::parse_file;
 use crate::channels::marketplace::inbound::{Payload, read_payload};
 use crate::channels::shopify::{Parsed, verify_hmac};
 use crate::channels::webchat::{ClientFrame, check_message, sign_token, verify_token};
+use crate::config::marketplace::parse_file;
 use crate::gateway::a2a::{self, Op, Work};
 use crate::gateway::identity;
 use crate::gateway::tokens;
 use crate::import::tau;
 
-/// A fuzz target's entry point: it takes any bytes and must not panic.
-pub type Entry = fn(&[u8]);
+/// A fuzz target's entry point: it takes the fuzzer's bytes.
+pub type Target = fn(&[u8]);
 
 /// Every target: its name (the `fuzz/` binary, the seed folder) and its entry point.
-pub const TARGETS: &[(&str, Entry)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("email", email),
     ("shopify_webhook", shopify_webhook),
     ("marketplace_webhook", marketplace_webhook),

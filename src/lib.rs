@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod drill;
 pub mod error;
+pub mod events;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -20,8 +21,8 @@ pub mod http;
 pub mod import;
 pub mod inbox;
 pub mod limits;
-pub mod outbox;
 pub mod search;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod util;

@@ -5,25 +5,20 @@
 //! names the limit, counted in `concierge_limit_refusals_total{limit}`. A limit set to 0 is off.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::app::AppState;
-use crate::config::Config;
-use crate::http::client_ip::{TrustedProxies, client_ip};
+use crate::config::{Config, TrustedProxies};
 
 /// Why a request was refused, and when it may be tried again.
 #[derive(Debug, Clone)]
@@ -62,7 +57,7 @@ impl Refusal {
         )
     }
 
-    fn retry_header(&self) -> HeaderValue {
+    pub fn retry_header(&self) -> HeaderValue {
         HeaderValue::from(self.retry_after_secs())
     }
 
@@ -395,77 +390,24 @@ pub fn is_public_route(path: &str) -> bool {
         || path == "/inbox/login"
 }
 
-/// The client address of a request (see [`crate::http::client_ip`]).
-pub fn request_ip(state: &AppState, req: &Request) -> IpAddr {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    client_ip(peer, req.headers(), &state.limits.trusted)
-}
-
-/// Middleware: the per-address limit on public routes.
-pub async fn public_per_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    if !is_public_route(path) {
-        return next.run(req).await;
-    }
-    let page = path.starts_with("/inbox");
-    let ip = request_ip(&state, &req);
-    match state.limits.public(ip) {
-        Ok(()) => next.run(req).await,
-        Err(r) if page => r.page_response(),
-        Err(r) => r.json_response(),
-    }
-}
-
 tokio::task_local! {
     static GATEWAY_REFUSAL: Mutex<Option<Refusal>>;
 }
 
-/// Middleware on the gateway: each front end answers a refused agent key in its own dialect
-/// (429 with code `rate_limited`); this adds `Retry-After` and the limit's name and wait to the
-/// error object (`error` for JSON, `error.data` for JSON-RPC).
-pub async fn gateway_refusals(req: Request, next: Next) -> Response {
-    let (response, refusal) = GATEWAY_REFUSAL
+/// Runs `inner` (a gateway request) and returns its output with the agent-key refusal it met,
+/// if any (see [`Limits::agent_key`]): the gateway's middleware adds `Retry-After` and the
+/// limit's name to the answer (`crate::http::limits::gateway_refusals`).
+pub async fn with_gateway_refusals<F: std::future::Future>(
+    inner: F,
+) -> (F::Output, Option<Refusal>) {
+    GATEWAY_REFUSAL
         .scope(Mutex::new(None), async move {
-            let response = next.run(req).await;
+            let out = inner.await;
             let refusal = GATEWAY_REFUSAL
                 .try_with(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take())
                 .ok()
                 .flatten();
-            (response, refusal)
+            (out, refusal)
         })
-        .await;
-    let Some(refusal) = refusal else {
-        return response;
-    };
-    let (mut parts, body) = response.into_parts();
-    parts
-        .headers
-        .insert(header::RETRY_AFTER, refusal.retry_header());
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return refusal.json_response();
-    };
-    let patched = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|mut v| {
-            let error = v.get_mut("error")?;
-            let target = if error.get("data").is_some_and(Value::is_object) {
-                error.get_mut("data")?
-            } else {
-                error
-            };
-            let obj = target.as_object_mut()?;
-            obj.insert("limit".into(), json!(refusal.limit));
-            obj.insert("retry_after_secs".into(), json!(refusal.retry_after_secs()));
-            serde_json::to_vec(&v).ok()
-        });
-    match patched {
-        Some(b) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Response::from_parts(parts, Body::from(b))
-        }
-        None => Response::from_parts(parts, Body::from(bytes)),
-    }
+        .await
 }

@@ -1,107 +1,227 @@
-//! The job worker: claims due jobs from the store, runs them, and records success, a retry with
-//! exponential backoff and jitter, or a dead letter. A job interrupted by a crash is taken over
-//! when its lease runs out. On shutdown the worker finishes the job in hand and stops.
+//! The job worker: a bounded pool (`[jobs] concurrency`) that claims due jobs from the store and
+//! runs them, each by the handler its kind is registered with ([`Handlers`]; the module that
+//! owns a job kind names it and provides its handler). It wakes at once when this instance
+//! queues a job ([`AppState::wake_worker`]) and otherwise polls every `[jobs] poll_interval_ms`
+//! (jobs queued by other instances, retries coming due, leases running out).
+//!
+//! A running job renews its lease; a job whose worker died is taken over when the lease runs
+//! out. A handler's [`JobError`] says what happens next: `Retry` — again after the backoff of its
+//! [`RetryPolicy`], or a dead letter once the job has used its attempts; `Dead` — a dead letter
+//! at once (an error no retry can fix). On shutdown the worker stops claiming and lets the jobs
+//! in hand finish.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppState, rebuild_index_live};
-use crate::store::{JOB_DELIVER, Job, JobStatus};
+use crate::config::RetryPolicy;
+use crate::state::AppState;
+use crate::store::{Job, JobStatus};
 use crate::util::{new_id, now_ms};
 
-/// Rebuild the search index from the database (queued by `concierge import` while the server
-/// holds the index).
-pub const JOB_REINDEX: &str = "reindex";
-/// Have the brand agent answer a stored inbound message (channels that acknowledge before
-/// answering: email, Telegram, marketplaces). Payload: `{"conversation_id", "message_id"}`.
-pub const JOB_AGENT_REPLY: &str = "agent_reply";
+/// Why a job did not complete, and whether it is worth another attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// A failure that may pass (a timeout, a 5xx, the database busy): the job runs again after
+    /// the policy's backoff, unless it has used its attempts.
+    Retry { error: String, policy: RetryPolicy },
+    /// A failure no retry can fix (a chat that does not exist, a refused recipient): the job is
+    /// a dead letter now.
+    Dead(String),
+}
 
-pub async fn run(state: AppState, stop: CancellationToken) {
+impl JobError {
+    /// A retryable failure with the default backoff.
+    pub fn retry(error: impl Into<String>) -> JobError {
+        JobError::Retry {
+            error: error.into(),
+            policy: RetryPolicy::default(),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            JobError::Retry { error, .. } | JobError::Dead(error) => error,
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl From<crate::store::StoreError> for JobError {
+    fn from(e: crate::store::StoreError) -> JobError {
+        JobError::retry(e.to_string())
+    }
+}
+
+/// What a handler's run returns.
+pub type JobFuture<'a> = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>>;
+
+/// Runs one claimed job.
+pub type Handler = for<'a> fn(&'a AppState, &'a Job) -> JobFuture<'a>;
+
+/// The job kinds this worker runs, each with its handler.
+#[derive(Default, Clone)]
+pub struct Handlers(HashMap<&'static str, Handler>);
+
+impl Handlers {
+    pub fn on(mut self, kind: &'static str, handler: Handler) -> Handlers {
+        self.0.insert(kind, handler);
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Handler> {
+        self.0.get(kind).copied()
+    }
+}
+
+/// Claims and runs jobs until `stop`; then waits for the jobs in hand.
+pub async fn run(state: AppState, handlers: Handlers, stop: CancellationToken) {
     let worker_id = new_id("wrk");
     let poll = Duration::from_millis(state.config.jobs.poll_interval_ms.max(10));
-    let lease_ms =
-        i64::try_from(state.config.jobs.lease_secs.saturating_mul(1000)).unwrap_or(60_000);
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(state.config.jobs.concurrency.max(1)).unwrap_or(1),
+    ));
+    let handlers = Arc::new(handlers);
+    let mut running = JoinSet::new();
     loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        match state.store.claim_job(&worker_id, lease_ms).await {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        while running.try_join_next().is_some() {}
+        match state.store.claim_job(&worker_id, lease_ms(&state)).await {
             Ok(Some(job)) => {
-                let id = job.id.clone();
-                let attempts = job.attempts;
-                let kind = job.kind.clone();
-                let payload = job.payload.clone();
-                let result = run_job(&state, job).await;
-                let recorded = match result {
-                    Ok(()) => state.store.complete_job(&id).await.map(|_| ()),
-                    Err(e) => {
-                        let retry_at = now_ms() + backoff_ms(attempts);
-                        tracing::warn!(job = %id, kind = %kind, error = %e, "job failed; will retry");
-                        match state.store.fail_job(&id, &e, retry_at).await {
-                            Ok(JobStatus::Dead) => {
-                                crate::outbox::on_dead_job(&state, &kind, &payload).await
-                            }
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(e),
-                        }
-                    }
-                };
-                if let Err(e) = recorded {
-                    tracing::error!(job = %id, error = %e, "could not record the job's outcome");
-                }
+                let (state, handlers, worker_id) =
+                    (state.clone(), handlers.clone(), worker_id.clone());
+                running.spawn(async move {
+                    let _slot = slot;
+                    let handler = handlers.get(&job.kind);
+                    let _ = run_claimed(&state, &worker_id, handler, &job).await;
+                });
                 continue;
             }
             Ok(None) => {
+                drop(slot);
                 if let Ok(n) = state.store.pending_jobs().await {
                     crate::telemetry::set_jobs_pending(n);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not claim a job"),
+            Err(e) => {
+                drop(slot);
+                tracing::warn!(error = %e, "could not claim a job");
+            }
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
+            _ = state.jobs_queued.notified() => {}
             _ = tokio::time::sleep(poll) => {}
         }
     }
+    while running.join_next().await.is_some() {}
 }
 
-async fn run_job(state: &AppState, job: Job) -> Result<(), String> {
-    match job.kind.as_str() {
-        JOB_REINDEX => rebuild_index_live(state)
-            .await
-            .map(|n| tracing::info!(documents = n, "search index refreshed"))
-            .map_err(|e| format!("{e:#}")),
-        JOB_DELIVER => {
-            let id = job
-                .payload
-                .get("delivery_id")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default();
-            crate::outbox::deliver(state, id).await
+fn lease_ms(state: &AppState) -> i64 {
+    i64::try_from(state.config.jobs.lease_secs.max(1).saturating_mul(1000)).unwrap_or(60_000)
+}
+
+/// Runs a job this worker has claimed (renewing its lease meanwhile) and records the outcome.
+/// `handler` None: a kind this instance does not know, retried (another instance may).
+pub async fn run_claimed(
+    state: &AppState,
+    worker_id: &str,
+    handler: Option<Handler>,
+    job: &Job,
+) -> Result<(), JobError> {
+    let result = match handler {
+        None => Err(JobError::retry(format!("unknown job kind {:?}", job.kind))),
+        Some(handler) => {
+            let lease = lease_ms(state);
+            let renew = async {
+                let every = Duration::from_millis(u64::try_from(lease / 3).unwrap_or(1000).max(50));
+                loop {
+                    tokio::time::sleep(every).await;
+                    match state.store.renew_job_lease(&job.id, worker_id, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(job = %job.id, "lost the lease on a running job");
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %job.id, error = %e, "could not renew a job's lease")
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                r = handler(state, job) => r,
+                _ = renew => unreachable!("the lease renewal never ends"),
+            }
         }
-        JOB_AGENT_REPLY => crate::outbox::agent_reply(state, &job.payload).await,
-        other => Err(format!("unknown job kind {other:?}")),
+    };
+    if let Err(e) = record(state, job, &result).await {
+        tracing::error!(job = %job.id, error = %e, "could not record the job's outcome");
     }
+    result
 }
 
-/// Exponential backoff with ±20 % jitter: 1 s, 2 s, 4 s … capped at one hour.
-pub fn backoff_ms(attempts: i64) -> i64 {
-    let exp = attempts.clamp(1, 20) - 1;
-    let base = 1000i64.saturating_mul(1i64 << exp).min(3_600_000);
-    let jitter = rand::rng().random_range(-0.2..=0.2);
-    base + (base as f64 * jitter) as i64
+/// Records what became of a job: done, queued again after its backoff, or dead.
+async fn record(
+    state: &AppState,
+    job: &Job,
+    result: &Result<(), JobError>,
+) -> crate::store::StoreResult<()> {
+    match result {
+        Ok(()) => state.store.complete_job(&job.id).await,
+        Err(JobError::Retry { error, policy }) => {
+            let retry_at = now_ms() + policy.backoff_ms(job.attempts);
+            match state.store.fail_job(&job.id, error, retry_at).await? {
+                JobStatus::Dead => tracing::error!(job = %job.id, kind = %job.kind, error = %error,
+                    "job failed its last attempt; it is a dead letter"),
+                _ => {
+                    tracing::warn!(job = %job.id, kind = %job.kind, error = %error, "job failed; will retry")
+                }
+            }
+            Ok(())
+        }
+        Err(JobError::Dead(error)) => {
+            tracing::error!(job = %job.id, kind = %job.kind, error = %error,
+                "job failed for good; it is a dead letter");
+            state.store.bury_job(&job.id, error).await
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::config::RetryPolicy;
+
     #[test]
     fn backoff_grows_and_is_capped() {
-        let b1 = super::backoff_ms(1);
-        let b4 = super::backoff_ms(4);
+        let p = RetryPolicy::default();
+        let b1 = p.backoff_ms(1);
+        let b4 = p.backoff_ms(4);
         assert!((800..=1200).contains(&b1), "{b1}");
         assert!((6400..=9600).contains(&b4), "{b4}");
-        assert!(super::backoff_ms(40) <= 4_320_000);
+        assert!(p.backoff_ms(40) <= 4_320_000);
+        let fast = RetryPolicy {
+            max_attempts: 3,
+            base_ms: 50,
+            max_ms: 100,
+        };
+        assert!(fast.backoff_ms(5) <= 120, "{}", fast.backoff_ms(5));
     }
 }

@@ -1,9 +1,12 @@
 //! The brand agent: understands a shopper's message (intents, entities), verifies who they are,
 //! and resolves the request through the one tool layer under the brand's policy — or hands it to
-//! a person with a ready draft. [`Agent::reply`] is the one entry point every channel uses after
-//! the inbox has stored a message: it answers, stores the reply, and records any hand-over.
+//! a person with a ready draft. [`Agent::reply`] is what the inbox's turn calls for a stored
+//! message (under the conversation's lock): it answers, stores the reply (with its delivery when
+//! the channel has one), and records any hand-over. [`fixed`] holds the replies given without a
+//! dialogue turn (the `/start` greeting, a group chat's invitation).
 
 pub mod dialogue;
+pub mod fixed;
 pub mod guard;
 pub mod llm;
 pub mod nlu;
@@ -11,9 +14,8 @@ pub mod state;
 pub mod tools;
 pub mod voice;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -21,7 +23,7 @@ use serde_json::{Value, json};
 use crate::commerce::policy::Policy;
 use crate::search::SearchIndex;
 use crate::store::{
-    AuthorKind, ConversationStatus, Direction, Escalation, Message, NewMessage, Store,
+    AuthorKind, ConversationStatus, Direction, Escalation, Message, NewDelivery, NewMessage, Store,
 };
 use dialogue::{Resolver, Turn, TurnOutcome};
 use state::DialogueState;
@@ -59,6 +61,8 @@ pub struct Inbound<'a> {
     pub verify_from_claims: bool,
     /// The customer a credential on this message proves (a consumer agent's capability token).
     pub vouched_customer: Option<&'a str>,
+    /// The reply's delivery, stored with it, when the channel sends replies through the outbox.
+    pub deliver: Option<&'a NewDelivery>,
 }
 
 /// What the agent did with a message.
@@ -109,8 +113,6 @@ fn llm_failure_kind(e: &llm::LlmError) -> &'static str {
 pub struct Agent {
     resolver: Resolver,
     llm: Option<llm::LlmAgent>,
-    /// One turn at a time per conversation.
-    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl Agent {
@@ -149,7 +151,6 @@ impl Agent {
                 code_mail_attempts: None,
             },
             llm,
-            locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -174,26 +175,12 @@ impl Agent {
         &self.resolver
     }
 
-    fn lock_for(&self, conversation_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = match self.locks.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(l) = map.get(conversation_id).and_then(Weak::upgrade) {
-            return l;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let l = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(conversation_id.to_string(), Arc::downgrade(&l));
-        l
-    }
-
     /// Answers a stored inbound message: runs the dialogue, stores the reply (with its
-    /// resolution in the message's meta), saves the dialogue state, links a newly verified
-    /// customer, and records an escalation when one is needed.
+    /// resolution in the message's meta, naming the message it answers, with its delivery),
+    /// saves the dialogue state, links a newly verified customer, and records an escalation when
+    /// one is needed. The caller holds the conversation's lock
+    /// ([`Store::lock_conversation`]).
     pub async fn reply(&self, inbound: &Inbound<'_>) -> anyhow::Result<AgentReply> {
-        let lock = self.lock_for(inbound.conversation_id);
-        let _turn = lock.lock().await;
         let store = &self.resolver.store;
         let mut state =
             DialogueState::from_value(&store.conversation_state(inbound.conversation_id).await?);
@@ -286,7 +273,7 @@ impl Agent {
                 .await?;
         }
         let message = store
-            .append_message(
+            .append_outbound(
                 inbound.conversation_id,
                 &NewMessage {
                     direction: Direction::Outbound,
@@ -296,6 +283,8 @@ impl Agent {
                     html: None,
                     meta: json!({"in_reply_to": inbound.message_id, "resolution": resolution_json(&outcome)}),
                 },
+                Some(inbound.message_id),
+                inbound.deliver,
             )
             .await?;
         crate::telemetry::count_message(inbound.channel, "out");

@@ -1,53 +1,54 @@
 //! Channels: one adapter per way shoppers reach the brand. Inbound, an adapter turns a
-//! platform's payload into the shared [`InboundMessage`](crate::store::InboundMessage) and
-//! hands it to the inbox; outbound, the brand's replies leave through the persistent outbox
-//! ([`crate::outbox`]) and the adapter's sender. Channel settings live in `channels/*.toml`,
-//! outbound wording in `channels/*.hbs`.
+//! platform's payload into the shared [`InboundMessage`](crate::store::InboundMessage) with the
+//! trust it places in the sender, and hands it to the inbox ([`crate::inbox::receive`]), which
+//! stores it and schedules its turn. Outbound, a reply on a channel with an outbox (email,
+//! Telegram, marketplaces) is a delivery that the job worker sends through [`send`] — the one
+//! dispatch from a [`Channel`] to its sender ([`outbox`] runs the delivery job). Channel
+//! settings live in `channels/*.toml`, outbound wording in `channels/*.hbs`.
 
 pub mod email;
 pub mod marketplace;
+pub mod outbox;
 pub mod shopify;
 pub mod telegram;
 pub mod webchat;
 
-use crate::agent::{AgentReply, Inbound};
-use crate::app::AppState;
-use crate::inbox::events::InboxEvent;
+use crate::state::AppState;
+use crate::store::Delivery;
 
-/// Channels whose replies leave through the outbox (the others answer in-band: the API in its
-/// HTTP response, web chat over its socket).
-pub fn uses_outbox(channel: &str) -> bool {
-    matches!(channel, "email" | "telegram") || channel.starts_with("marketplace:")
+pub use crate::store::Channel;
+
+/// Why a send failed: worth another attempt, or never going to work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// May pass (a timeout, a 5xx, a rate limit, the channel not configured yet): retried with
+    /// the channel's backoff until the delivery has used its attempts.
+    #[error("{0}")]
+    Transient(String),
+    /// Refused for good (a chat that does not exist, a bot the user blocked, a recipient the
+    /// mail server rejects, a 4xx from a marketplace): a dead letter at once.
+    #[error("{0}")]
+    Permanent(String),
 }
 
-/// Has the brand agent answer a stored inbound message, then tells live subscribers and puts
-/// the reply in the outbox when its channel needs one.
-pub async fn answer(state: &AppState, inbound: &Inbound<'_>) -> anyhow::Result<AgentReply> {
-    state.hub.publish(InboxEvent::Typing {
-        conversation_id: inbound.conversation_id.to_string(),
-        author: "brand_agent".into(),
-    });
-    let reply = state.agent.reply(inbound).await?;
-    state.hub.publish(InboxEvent::Message {
-        conversation_id: inbound.conversation_id.to_string(),
-        message: Box::new(reply.message.clone()),
-    });
-    if let Some(e) = &reply.escalation {
-        state.hub.publish(InboxEvent::Status {
-            conversation_id: e.conversation_id.clone(),
-            status: "escalated".into(),
-        });
+impl From<crate::store::StoreError> for SendError {
+    fn from(e: crate::store::StoreError) -> SendError {
+        SendError::Transient(e.to_string())
     }
-    if uses_outbox(inbound.channel) {
-        state
-            .store
-            .enqueue_delivery(
-                &reply.message.id,
-                inbound.conversation_id,
-                inbound.channel,
-                state.config.email.max_attempts,
-            )
-            .await?;
+}
+
+/// Sends one delivery on its channel; `Ok` carries the channel's id for what was sent.
+pub async fn send(
+    state: &AppState,
+    channel: &Channel,
+    delivery: &Delivery,
+) -> Result<Option<String>, SendError> {
+    match channel {
+        Channel::Email => email::send(state, delivery).await,
+        Channel::Telegram => telegram::send(state, delivery).await,
+        Channel::Marketplace(name) => marketplace::send(state, name, delivery).await,
+        Channel::Api | Channel::Webchat | Channel::A2a => Err(SendError::Permanent(format!(
+            "{channel} answers in-band and has no outbox sender"
+        ))),
     }
-    Ok(reply)
 }

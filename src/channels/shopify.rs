@@ -26,7 +26,6 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::app::AppState;
 use crate::commerce::{Fulfillment, Order, OrderStatus, PaymentEntry, PaymentKind, Refund};
 use crate::error::{ApiError, BodyLimit};
 use crate::import::ImportBatch;
@@ -34,6 +33,7 @@ use crate::import::shopify::{
     parse_customers, parse_fulfillment, parse_orders, parse_products, parse_refund,
 };
 use crate::search::IndexDoc;
+use crate::state::AppState;
 use crate::store::{Store, StoreError};
 use crate::util::{constant_time_eq, now_ms};
 

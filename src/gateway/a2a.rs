@@ -40,11 +40,10 @@ use super::a2a_tasks::{
 };
 use super::calls::{self, GatewayCall};
 use super::{Caller, GatewayError, SignedRequest, authenticate};
-use crate::agent::Inbound;
 use crate::agent::tools::ToolErrorCode;
-use crate::app::AppState;
-use crate::inbox::{self, InboxError};
-use crate::store::{AuthorKind, ConversationStatus, InboundMessage};
+use crate::inbox::{self, Answer, InboxError, Intake, Trust, TurnError};
+use crate::state::AppState;
+use crate::store::{AuthorKind, InboundMessage};
 
 /// Where the JSON-RPC endpoint lives.
 pub const RPC_PATH: &str = "/a2a";
@@ -926,53 +925,46 @@ async fn converse(
         attachments: json!([]),
         meta: json!({"a2a": {"taskId": task.id, "contextId": task.context_id}}),
     };
-    let outcome = inbox::receive(&state.store, &msg)
-        .await
-        .map_err(|e| match e {
-            InboxError::Invalid { field, message } => {
-                RpcError::invalid_params(format!("message text ({field}): {message}"))
-            }
-            InboxError::Store(s) => RpcError::internal(s),
-        })?;
-    if outcome.duplicate
-        && let Some(m) = state.store.reply_to(&outcome.message_id).await?
-    {
-        let resolution = m.meta.get("resolution").cloned().unwrap_or(Value::Null);
-        let awaiting =
-            resolution.get("status").and_then(Value::as_str) == Some("awaiting_customer");
-        return Ok(Reply {
-            text: m.text,
-            conversation_id: outcome.conversation_id,
-            awaiting,
-            resolution,
-        });
-    }
     let rights = text_rights(caller);
-    let requester = caller.agent.as_ref().map(|a| format!("agent:{}", a.id));
-    let inbound = Inbound {
-        conversation_id: &outcome.conversation_id,
-        message_id: &outcome.message_id,
-        identity_id: Some(&outcome.identity_id),
-        channel: "a2a",
-        text,
-        sender_email: None,
-        sender_verified: false,
-        sender_email_is_claim: false,
+    let trust = Trust {
         confirms_writes: rights.confirms_writes,
         identity_linkable: false,
-        requester: requester.as_deref(),
         // What an agent writes about a shopper is hearsay: only a capability token verifies.
         verify_from_claims: false,
-        vouched_customer: rights.customer.as_deref(),
+        vouched_customer: rights.customer.clone(),
+        ..Trust::default()
+    }
+    .with_requester(caller.agent.as_ref().map(|a| format!("agent:{}", a.id)));
+    let intake = Intake {
+        message: msg,
+        trust,
+        answer: Answer::Agent,
     };
-    let reply = crate::channels::answer(state, &inbound)
-        .await
-        .map_err(|e| RpcError::internal(format!("the brand agent failed: {e:#}")))?;
+    let outcome = inbox::receive(state, intake).await.map_err(|e| match e {
+        InboxError::Invalid { field, message } => {
+            RpcError::invalid_params(format!("message text ({field}): {message}"))
+        }
+        InboxError::Store(s) => RpcError::internal(s),
+    })?;
+    let answer = match inbox::turn::answer_now(state, &outcome).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err(RpcError::internal("the brand agent gave no answer")),
+        Err(e @ (TurnError::Failed(_) | TurnError::TimedOut)) => {
+            return Err(RpcError::internal(format!("the brand agent failed: {e}")));
+        }
+        Err(TurnError::Store(s)) => return Err(RpcError::internal(s)),
+    };
+    let resolution = answer
+        .meta
+        .get("resolution")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let awaiting = resolution.get("status").and_then(Value::as_str) == Some("awaiting_customer");
     Ok(Reply {
-        text: reply.message.text.clone(),
+        text: answer.text,
         conversation_id: outcome.conversation_id,
-        awaiting: reply.outcome.status == ConversationStatus::AwaitingCustomer,
-        resolution: reply.resolution(),
+        awaiting,
+        resolution,
     })
 }
 

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 use super::calls::{self, GatewayCall};
 use super::{Caller, SignedRequest, authenticate, idempotency};
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn routes(_state: &AppState) -> Router<AppState> {
     Router::new()

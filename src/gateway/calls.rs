@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::{Caller, GatewayError, run_tool};
 use crate::agent::tools::{ToolCall, ToolError, ToolErrorCode, ToolOutput, ToolSpec};
-use crate::app::AppState;
 use crate::search::DocKind;
+use crate::state::AppState;
 
 pub const SEARCH_POLICY: &str = "search_policy";
 const MAX_POLICY_HITS: usize = 10;

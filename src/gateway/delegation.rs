@@ -26,8 +26,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::{Caller, GatewayError, SignedRequest, authenticate, idempotency, service_key, tokens};
-use crate::app::AppState;
 use crate::commerce::{Minor, format_minor, parse_minor};
+use crate::state::AppState;
 use crate::util::{now_ms, rfc3339};
 use crate::verification::{self, CodeCheck, Limits};
 

@@ -33,8 +33,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use super::{AgentRef, GatewayError, SignedRequest};
-use crate::app::AppState;
 use crate::commerce::Millis;
+use crate::state::AppState;
 
 /// Oldest acceptable `created`, in seconds before now.
 pub const MAX_SIGNATURE_AGE_SECS: i64 = 300;

@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use super::calls;
 use super::{Caller, SignedRequest, authenticate};
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const PATH: &str = "/mcp";
 

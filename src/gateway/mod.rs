@@ -10,9 +10,7 @@
 pub mod a2a;
 pub mod a2a_tasks;
 pub mod api;
-pub mod bench;
 pub mod calls;
-pub mod cli;
 pub mod delegation;
 pub mod idempotency;
 pub mod identity;
@@ -23,8 +21,8 @@ use axum::Router;
 use axum::http::{HeaderMap, Method, Uri};
 
 use crate::agent::tools::{self, Actor, ToolCall, ToolContext, ToolError, ToolOutput};
-use crate::app::AppState;
 use crate::commerce::{Millis, Minor};
+use crate::state::AppState;
 
 /// A registered consumer agent, as identified by the key that signed the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

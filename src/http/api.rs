@@ -1,5 +1,8 @@
 //! The API channel (`/api/v1/…`): a brand's own systems and simple integrations post shopper
-//! messages and read conversations, orders and search results with a bearer API key.
+//! messages and read conversations, orders and search results with a bearer API key. A posted
+//! message is stored with its turn and answered in the same request (the turn runs here, or —
+//! when another worker holds it — the request waits for its answer, up to `[server]
+//! request_timeout_secs`).
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -7,12 +10,12 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::agent::Inbound;
-use crate::app::AppState;
+use super::client_ip::ClientIp;
 use crate::error::{ApiError, ApiJson};
-use crate::inbox::{self, InboxError};
+use crate::inbox::{self, Answer, InboxError, Intake, Trust, TurnError};
 use crate::search::DocKind;
-use crate::store::{AuthorKind, InboundMessage};
+use crate::state::AppState;
+use crate::store::{AuthorKind, InboundMessage, Message};
 use crate::util::constant_time_eq;
 
 /// Proof that the request carried the API key.
@@ -77,6 +80,7 @@ pub struct Sender {
 pub async fn post_message(
     State(state): State<AppState>,
     _key: ApiKey,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<PostMessage>,
 ) -> Result<Json<Value>, ApiError> {
     let email = match body.from.email.as_deref().map(str::trim) {
@@ -93,6 +97,7 @@ pub async fn post_message(
             "field `from.verified`: a verified sender needs `from.email`".into(),
         ));
     }
+    let sender_verified = body.from.verified.unwrap_or(false);
     let msg = InboundMessage {
         channel: "api".into(),
         thread_key: body.thread.trim().to_string(),
@@ -104,8 +109,8 @@ pub async fn post_message(
             _ => format!("thread:{}", body.thread.trim()),
         },
         sender_name: body.from.name.clone().filter(|n| !n.trim().is_empty()),
-        sender_email: email,
-        sender_verified: body.from.verified.unwrap_or(false),
+        sender_email: email.clone(),
+        sender_verified,
         author_kind: AuthorKind::Customer,
         subject: None,
         text: body.text.clone(),
@@ -113,46 +118,42 @@ pub async fn post_message(
         attachments: json!([]),
         meta: json!({}),
     };
-    let outcome = inbox::receive(&state.store, &msg)
-        .await
-        .map_err(|e| match e {
-            InboxError::Invalid { field, message } => {
-                ApiError::Unprocessable(format!("field `{field}`: {message}"))
-            }
-            InboxError::Store(s) => s.into(),
-        })?;
-    let (reply, resolution) = if outcome.duplicate {
-        // A repeated delivery gets the answer the first one got.
-        match state.store.reply_to(&outcome.message_id).await? {
-            Some(m) => (
-                json!({"text": m.text}),
-                m.meta.get("resolution").cloned().unwrap_or(Value::Null),
-            ),
-            None => (Value::Null, Value::Null),
-        }
-    } else {
-        let inbound = Inbound {
-            conversation_id: &outcome.conversation_id,
-            message_id: &outcome.message_id,
-            identity_id: Some(&outcome.identity_id),
-            channel: "api",
-            text: &msg.text,
-            sender_email: msg.sender_email.as_deref(),
-            sender_verified: msg.sender_verified,
-            sender_email_is_claim: false,
-            confirms_writes: true,
-            identity_linkable: true,
-            requester: None,
-            verify_from_claims: true,
-            vouched_customer: None,
-        };
-        let reply = crate::channels::answer(&state, &inbound)
-            .await
-            .map_err(|e| {
-                ApiError::Internal(e.context("the brand agent failed; the message is stored"))
-            })?;
-        (json!({"text": reply.message.text}), reply.resolution())
+    let trust = Trust {
+        sender_email: email,
+        sender_verified,
+        ..Trust::own_surface()
+    }
+    .with_requester(Some(format!("ip:{ip}")));
+    let intake = Intake {
+        message: msg,
+        trust,
+        answer: Answer::Agent,
     };
+    let outcome = inbox::receive(&state, intake).await.map_err(|e| match e {
+        InboxError::Invalid { field, message } => {
+            ApiError::Unprocessable(format!("field `{field}`: {message}"))
+        }
+        InboxError::Store(s) => s.into(),
+    })?;
+    let answered = match inbox::turn::answer_now(&state, &outcome).await {
+        Ok(answer) => answer,
+        // A repeated delivery gets the answer the first one got, or none.
+        Err(TurnError::Failed(_)) if outcome.duplicate => None,
+        Err(TurnError::Failed(e)) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the brand agent failed; the message is stored: {e}"
+            )));
+        }
+        Err(TurnError::TimedOut) => {
+            return Err(ApiError::Unavailable(
+                "the answer is taking too long; the message is stored and will be answered \
+                 (post it again with the same message_id to get the answer)"
+                    .into(),
+            ));
+        }
+        Err(TurnError::Store(s)) => return Err(s.into()),
+    };
+    let (reply, resolution) = reply_json(answered.as_ref());
     Ok(Json(json!({
         "conversation_id": outcome.conversation_id,
         "message_id": outcome.message_id,
@@ -160,6 +161,17 @@ pub async fn post_message(
         "reply": reply,
         "resolution": resolution,
     })))
+}
+
+/// The API's `reply` and `resolution` for a message's answer (null and null without one).
+fn reply_json(answer: Option<&Message>) -> (Value, Value) {
+    match answer {
+        Some(m) => (
+            json!({"text": m.text}),
+            m.meta.get("resolution").cloned().unwrap_or(Value::Null),
+        ),
+        None => (Value::Null, Value::Null),
+    }
 }
 
 fn looks_like_email(s: &str) -> bool {

@@ -6,48 +6,42 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::HeaderMap;
-use ipnet::IpNet;
+use axum::http::request::Parts;
 
-/// `[server] trusted_proxies`, parsed.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub use crate::config::TrustedProxies;
+use crate::state::AppState;
+use crate::util::canonical_ip as canonical;
 
-impl TrustedProxies {
-    /// Parses the configured entries (IP addresses or CIDR ranges).
-    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
-        entries
-            .iter()
-            .map(|e| parse_proxy(e))
-            .collect::<Result<Vec<_>, _>>()
-            .map(TrustedProxies)
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
-    }
+/// The client address of a request.
+pub fn request_ip(state: &AppState, req: &Request) -> IpAddr {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    client_ip(peer, req.headers(), &state.limits.trusted)
 }
 
-/// One `trusted_proxies` entry: `10.0.0.0/8`, `192.0.2.7`, `::1`, `fd00::/8`.
-pub fn parse_proxy(entry: &str) -> Result<IpNet, String> {
-    let e = entry.trim();
-    if let Ok(net) = e.parse::<IpNet>() {
-        return Ok(net);
-    }
-    e.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("{entry:?} is neither an IP address nor a CIDR range"))
-}
+/// Extracts the client address of a request (a handler argument).
+pub struct ClientIp(pub IpAddr);
 
-/// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) is the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        Ok(ClientIp(client_ip(
+            peer,
+            &parts.headers,
+            &state.limits.trusted,
+        )))
     }
 }
 
@@ -132,7 +126,7 @@ mod tests {
         // Garbage stops the walk at the last trusted hop.
         let h = headers("nonsense, 10.9.9.9");
         assert_eq!(client_ip(Some(proxy), &h, &trusted).to_string(), "10.9.9.9");
-        assert!(parse_proxy("not-an-ip").is_err());
+        assert!(crate::config::parse_proxy("not-an-ip").is_err());
         let mapped: SocketAddr = "[::ffff:10.1.2.3]:1".parse().unwrap();
         assert_eq!(
             client_ip(Some(mapped), &headers("203.0.113.5"), &trusted).to_string(),

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const INBOX_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; \
@@ -27,13 +27,6 @@ pub fn chat_csp(frame_ancestors: &[String]) -> String {
          img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
          form-action 'self'; frame-ancestors {ancestors}"
     )
-}
-
-/// Whether a `[chat] frame_ancestors` entry can go into the header as one CSP source.
-pub fn valid_source(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
 }
 
 pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {

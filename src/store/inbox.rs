@@ -6,11 +6,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::any::AnyRow;
 
+use super::jobs::{NewJob, insert_job};
+use super::outbox::{NewDelivery, insert_delivery};
 use super::{
     Backend, Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_str, get_str,
     to_json,
 };
 use crate::util::{new_id, now_ms};
+
+/// The payload of a job that answers one inbound message.
+fn turn_payload(conversation_id: &str, message_id: &str) -> Value {
+    serde_json::json!({"conversation_id": conversation_id, "message_id": message_id})
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -127,6 +134,9 @@ pub struct IngestOutcome {
     pub message_id: String,
     pub identity_id: String,
     pub duplicate: bool,
+    /// The job that answers the message, when one was asked for
+    /// ([`Store::ingest_scheduling`]).
+    pub job_id: Option<String>,
 }
 
 /// A message Concierge itself adds to a conversation (a reply, a staff note).
@@ -201,19 +211,44 @@ impl Store {
     /// needed, in one transaction. A message whose (channel, external id) is already stored is
     /// not stored again: the outcome points at the stored one with `duplicate: true`.
     pub async fn ingest(&self, msg: &InboundMessage) -> StoreResult<IngestOutcome> {
-        if let Some(found) = self.find_duplicate(msg).await? {
-            return Ok(found);
-        }
-        match self.ingest_new(msg).await {
-            // Two deliveries raced past the check: the loser reports the winner's message.
-            Err(e) if e.is_unique_violation() && msg.external_id.is_some() => {
-                match self.find_duplicate(msg).await? {
-                    Some(found) => Ok(found),
-                    None => Err(e),
+        self.ingest_scheduling(msg, None).await
+    }
+
+    /// [`ingest`](Self::ingest), and queues `job` (payload `{"conversation_id", "message_id"}`,
+    /// dedupe key `<kind>:<message id>`) in the same transaction as a new message. For a
+    /// duplicate the job is queued unless it exists already, so a message stored before its job
+    /// existed still gets it — and never two.
+    pub async fn ingest_scheduling(
+        &self,
+        msg: &InboundMessage,
+        job: Option<NewJob<'_>>,
+    ) -> StoreResult<IngestOutcome> {
+        let found = match self.find_duplicate(msg).await? {
+            Some(found) => found,
+            None => match self.ingest_new(msg, job).await {
+                // Two deliveries raced past the check: the loser reports the winner's message.
+                Err(e) if e.is_unique_violation() && msg.external_id.is_some() => {
+                    match self.find_duplicate(msg).await? {
+                        Some(found) => found,
+                        None => return Err(e),
+                    }
                 }
-            }
-            other => other,
-        }
+                other => return other,
+            },
+        };
+        let job_id = match job {
+            Some(job) => Some(
+                self.enqueue_job(
+                    job.kind,
+                    &turn_payload(&found.conversation_id, &found.message_id),
+                    Some(&format!("{}:{}", job.kind, found.message_id)),
+                    job.max_attempts,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(IngestOutcome { job_id, ..found })
     }
 
     async fn find_duplicate(&self, msg: &InboundMessage) -> StoreResult<Option<IngestOutcome>> {
@@ -235,12 +270,17 @@ impl Store {
                 message_id: get_str(&r, "id")?,
                 identity_id: get_opt_str(&r, "identity_id")?.unwrap_or_default(),
                 duplicate: true,
+                job_id: None,
             })
         })
         .transpose()
     }
 
-    async fn ingest_new(&self, msg: &InboundMessage) -> StoreResult<IngestOutcome> {
+    async fn ingest_new(
+        &self,
+        msg: &InboundMessage,
+        job: Option<NewJob<'_>>,
+    ) -> StoreResult<IngestOutcome> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
 
@@ -338,15 +378,30 @@ impl Store {
             msg.html.as_deref(),
             &msg.attachments,
             &msg.meta,
+            None,
             now,
         )
         .await?;
+        let job_id = match job {
+            Some(job) => Some(
+                insert_job(
+                    &mut tx,
+                    job.kind,
+                    &turn_payload(&conversation_id, &message_id),
+                    Some(&format!("{}:{message_id}", job.kind)),
+                    job.max_attempts,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         tx.commit().await?;
         Ok(IngestOutcome {
             conversation_id,
             message_id,
             identity_id,
             duplicate: false,
+            job_id,
         })
     }
 
@@ -355,6 +410,19 @@ impl Store {
         &self,
         conversation_id: &str,
         msg: &NewMessage,
+    ) -> StoreResult<Message> {
+        self.append_outbound(conversation_id, msg, None, None).await
+    }
+
+    /// Adds a message Concierge produced, in one transaction with what it needs: `in_reply_to`
+    /// names the inbound message it answers (one answer per message: a second one is refused as
+    /// a unique violation), `delivery` puts it in the outbox with the job that sends it.
+    pub async fn append_outbound(
+        &self,
+        conversation_id: &str,
+        msg: &NewMessage,
+        in_reply_to: Option<&str>,
+        delivery: Option<&NewDelivery>,
     ) -> StoreResult<Message> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -378,6 +446,7 @@ impl Store {
             msg.html.as_deref(),
             &Value::Array(Vec::new()),
             &msg.meta,
+            in_reply_to,
             now,
         )
         .await?;
@@ -386,6 +455,9 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        if let Some(d) = delivery {
+            insert_delivery(&mut tx, &id, conversation_id, d).await?;
+        }
         tx.commit().await?;
         Ok(Message {
             id,
@@ -486,6 +558,7 @@ async fn insert_message(
     html: Option<&str>,
     attachments: &Value,
     meta: &Value,
+    in_reply_to: Option<&str>,
     now: i64,
 ) -> StoreResult<i64> {
     let seq_row = sqlx::query(
@@ -496,8 +569,8 @@ async fn insert_message(
     .await?;
     let seq = get_i64(&seq_row, "next")?;
     sqlx::query(
-        "INSERT INTO messages (id, conversation_id, seq, channel, external_id, direction, author_kind, author_id, text, html, attachments, meta, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        "INSERT INTO messages (id, conversation_id, seq, channel, external_id, direction, author_kind, author_id, text, html, attachments, meta, in_reply_to, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(id)
     .bind(conversation_id)
@@ -511,6 +584,7 @@ async fn insert_message(
     .bind(html)
     .bind(to_json(attachments))
     .bind(to_json(meta))
+    .bind(in_reply_to)
     .bind(now)
     .execute(&mut **tx)
     .await?;
@@ -705,6 +779,16 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The answer Concierge composed for an inbound message (the reply stored with
+    /// `in_reply_to` naming it), if it has one.
+    pub async fn answer_to(&self, inbound_message_id: &str) -> StoreResult<Option<Message>> {
+        let row = sqlx::query("SELECT * FROM messages WHERE in_reply_to = $1")
+            .bind(inbound_message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(message_from_row).transpose()
     }
 
     /// The first outbound message after an inbound one: the reply it got (for answering a

@@ -1,7 +1,10 @@
-//! Durable jobs: work that must survive a crash (deliveries, index updates, imports handed to a
-//! running server). A worker claims a due job with a lease; if it dies, the lease runs out and
-//! another worker takes the job over. On PostgreSQL several instances claim concurrently with
-//! `FOR UPDATE SKIP LOCKED`; on SQLite the write lock serializes claims.
+//! Durable jobs: work that must survive a crash (conversation turns, deliveries, index updates,
+//! imports handed to a running server). A worker claims a due job with a lease, which it renews
+//! while the job runs; if the worker dies, the lease runs out and another worker takes the job
+//! over. A job is claimed either as the next due one ([`Store::claim_job`]) or by id
+//! ([`Store::claim_job_by_id`]: a request that answers its own message at once). On PostgreSQL
+//! several instances claim concurrently with `FOR UPDATE SKIP LOCKED`; on SQLite the write lock
+//! serializes claims.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -45,6 +48,45 @@ pub struct Job {
     pub dedupe_key: Option<String>,
 }
 
+/// A job to queue together with the row it works on (in the same transaction).
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    pub kind: &'a str,
+    pub max_attempts: i64,
+}
+
+/// Inserts a job in a transaction; with a `dedupe_key` already queued, returns that job's id.
+pub(super) async fn insert_job(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    kind: &str,
+    payload: &Value,
+    dedupe_key: Option<&str>,
+    max_attempts: i64,
+) -> StoreResult<String> {
+    let now = now_ms();
+    let id = new_id("job");
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, payload, status, attempts, max_attempts, run_at, dedupe_key, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $5, $5) ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(id.as_str())
+    .bind(kind)
+    .bind(to_json(payload))
+    .bind(max_attempts)
+    .bind(now)
+    .bind(dedupe_key)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(key) = dedupe_key {
+        let row = sqlx::query("SELECT id FROM jobs WHERE dedupe_key = $1")
+            .bind(key)
+            .fetch_one(&mut **tx)
+            .await?;
+        return get_str(&row, "id");
+    }
+    Ok(id)
+}
+
 impl Store {
     /// Queues a job. With a `dedupe_key`, a second job with the same key is not queued (the
     /// first one's id is returned).
@@ -55,27 +97,9 @@ impl Store {
         dedupe_key: Option<&str>,
         max_attempts: i64,
     ) -> StoreResult<String> {
-        let now = now_ms();
-        let id = new_id("job");
-        sqlx::query(
-            "INSERT INTO jobs (id, kind, payload, status, attempts, max_attempts, run_at, dedupe_key, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $5, $5) ON CONFLICT (dedupe_key) DO NOTHING",
-        )
-        .bind(id.as_str())
-        .bind(kind)
-        .bind(to_json(payload))
-        .bind(max_attempts)
-        .bind(now)
-        .bind(dedupe_key)
-        .execute(&self.pool)
-        .await?;
-        if let Some(key) = dedupe_key {
-            let row = sqlx::query("SELECT id FROM jobs WHERE dedupe_key = $1")
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?;
-            return get_str(&row, "id");
-        }
+        let mut tx = self.begin_write().await?;
+        let id = insert_job(&mut tx, kind, payload, dedupe_key, max_attempts).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -108,6 +132,51 @@ impl Store {
         row.as_ref().map(job_from_row).transpose()
     }
 
+    /// Claims one job by id for `lease_ms`: when it is queued (due or not), or running on a
+    /// lease that has run out. None when it is done, dead, missing, or another worker holds it.
+    pub async fn claim_job_by_id(
+        &self,
+        id: &str,
+        worker: &str,
+        lease_ms: i64,
+    ) -> StoreResult<Option<Job>> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $2, \
+               locked_until = $3, updated_at = $4 \
+             WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND locked_until < $4)) \
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(now + lease_ms)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Renews the lease on a job `worker` holds; false when it no longer holds it.
+    pub async fn renew_job_lease(
+        &self,
+        id: &str,
+        worker: &str,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET locked_until = $3, updated_at = $4 \
+             WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(now + lease_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn complete_job(&self, id: &str) -> StoreResult<()> {
         sqlx::query(
             "UPDATE jobs SET status = 'done', locked_until = NULL, locked_by = NULL, updated_at = $2 WHERE id = $1",
@@ -134,6 +203,20 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(JobStatus::parse(&get_str(&row, "status")?))
+    }
+
+    /// Gives a job up at once (an error no retry can fix): dead, with the error kept.
+    pub async fn bury_job(&self, id: &str, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'dead', last_error = $2, locked_until = NULL, locked_by = NULL, \
+               updated_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Puts a dead (or queued) job back to run now, with fresh attempts.

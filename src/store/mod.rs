@@ -9,11 +9,13 @@
 
 mod actions;
 mod agents;
+mod channel;
 mod commerce;
 mod fast;
 mod inbox;
 mod jobs;
 mod limits;
+mod locks;
 mod outbox;
 mod staff;
 mod verification;
@@ -33,14 +35,16 @@ pub use agents::{
     AgentKeyRecord, AgentRecord, DelegationCode, IdempotencyClaim, KeyLookup, NewDelegationCode,
     TokenRecord,
 };
+pub use channel::Channel;
 pub use commerce::{ImportCounts, StoreCounts};
 pub use inbox::{
     AuthorKind, Conversation, ConversationStatus, ConversationView, Direction, Escalation,
     Identity, InboundMessage, IngestOutcome, Message, NewMessage,
 };
-pub use jobs::{Job, JobStatus};
+pub use jobs::{Job, JobStatus, NewJob};
 pub use limits::LoginReservation;
-pub use outbox::{Delivery, JOB_DELIVER, REPLY_TOKEN_CHARS, random_base36};
+pub use locks::ConversationLock;
+pub use outbox::{Delivery, JOB_DELIVER, NewDelivery, REPLY_TOKEN_CHARS, random_base36};
 pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
 pub use verification::{AttemptGate, AttemptScope, AttemptTicket, VerificationLock};
 
@@ -98,6 +102,8 @@ pub struct Store {
     backend: Backend,
     /// The service's Ed25519 key, when attached: audited writes sign the log's head with it.
     audit_signer: Option<std::sync::Arc<ed25519_dalek::SigningKey>>,
+    /// This process's conversation locks ([`Store::lock_conversation`]).
+    locks: std::sync::Arc<locks::ConversationLocks>,
 }
 
 impl std::fmt::Debug for Store {
@@ -165,6 +171,7 @@ impl Store {
             pool,
             backend,
             audit_signer: None,
+            locks: Default::default(),
         };
         store.migrate().await?;
         Ok(store)

@@ -1,5 +1,7 @@
 //! Deliveries: the outbox rows behind every reply sent on a channel (email, Telegram,
-//! marketplaces). A delivery and the durable job that carries it are created in one transaction;
+//! marketplaces). A delivery and the durable job that carries it ([`JOB_DELIVER`]) are created
+//! in one transaction — with the reply itself when the reply is new
+//! ([`Store::append_outbound`](super::Store::append_outbound));
 //! the row records attempts, the last error and the channel's id for what was sent. Also the
 //! email channel's threading lookups (reply tokens, message ids).
 
@@ -10,7 +12,8 @@ use sqlx::any::AnyRow;
 use super::{Store, StoreResult, get_i64, get_opt_i64, get_opt_str, get_str, to_json};
 use crate::util::{new_id, now_ms};
 
-/// Job kind that delivers one outbox row.
+/// Job kind that delivers one outbox row (run by `channels::outbox`). Named here because the
+/// store creates the job in the same transaction as the row.
 pub const JOB_DELIVER: &str = "deliver";
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +34,56 @@ pub struct Delivery {
     pub sent_at: Option<i64>,
 }
 
+/// The delivery a new outbound message needs: its channel and how often it may be tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub channel: String,
+    pub max_attempts: i64,
+}
+
+/// Inserts a delivery row and the job that sends it, in a transaction. Idempotent per message
+/// and channel (the row's key and the job's dedupe key).
+pub(super) async fn insert_delivery(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    message_id: &str,
+    conversation_id: &str,
+    delivery: &NewDelivery,
+) -> StoreResult<()> {
+    let key = format!("{}:{message_id}", delivery.channel);
+    let now = now_ms();
+    let id = new_id("dlv");
+    let job_id = new_id("job");
+    let inserted = sqlx::query(
+        "INSERT INTO deliveries (id, message_id, conversation_id, channel, status, attempts, idempotency_key, job_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $7) ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(id.as_str())
+    .bind(message_id)
+    .bind(conversation_id)
+    .bind(delivery.channel.as_str())
+    .bind(key.as_str())
+    .bind(job_id.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, payload, status, attempts, max_attempts, run_at, dedupe_key, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $5, $5) ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(job_id.as_str())
+    .bind(JOB_DELIVER)
+    .bind(to_json(&json!({"delivery_id": id})))
+    .bind(delivery.max_attempts)
+    .bind(now)
+    .bind(format!("deliver:{key}"))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Puts a stored outbound message in the outbox of `channel`. Idempotent per message and
     /// channel: asking twice returns the first delivery.
@@ -38,42 +91,14 @@ impl Store {
         &self,
         message_id: &str,
         conversation_id: &str,
-        channel: &str,
-        max_attempts: i64,
+        delivery: &NewDelivery,
     ) -> StoreResult<Delivery> {
-        let key = format!("{channel}:{message_id}");
+        let key = format!("{}:{message_id}", delivery.channel);
         if let Some(d) = self.delivery_by_key(&key).await? {
             return Ok(d);
         }
-        let now = now_ms();
-        let id = new_id("dlv");
-        let job_id = new_id("job");
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO deliveries (id, message_id, conversation_id, channel, status, attempts, idempotency_key, job_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $7) ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(id.as_str())
-        .bind(message_id)
-        .bind(conversation_id)
-        .bind(channel)
-        .bind(key.as_str())
-        .bind(job_id.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO jobs (id, kind, payload, status, attempts, max_attempts, run_at, dedupe_key, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $5, $5) ON CONFLICT (dedupe_key) DO NOTHING",
-        )
-        .bind(job_id.as_str())
-        .bind(JOB_DELIVER)
-        .bind(to_json(&json!({"delivery_id": id})))
-        .bind(max_attempts)
-        .bind(now)
-        .bind(format!("deliver:{key}"))
-        .execute(&mut *tx)
-        .await?;
+        insert_delivery(&mut tx, message_id, conversation_id, delivery).await?;
         tx.commit().await?;
         self.delivery_by_key(&key)
             .await?
@@ -136,8 +161,15 @@ impl Store {
                 },
             )
             .await?;
-        self.enqueue_delivery(&message.id, &conversation_id, "email", max_attempts)
-            .await
+        self.enqueue_delivery(
+            &message.id,
+            &conversation_id,
+            &NewDelivery {
+                channel: "email".into(),
+                max_attempts,
+            },
+        )
+        .await
     }
 
     async fn delivery_by_key(&self, key: &str) -> StoreResult<Option<Delivery>> {

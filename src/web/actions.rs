@@ -10,8 +10,8 @@ use super::auth::{Fields, Post};
 use super::{WebError, WebState, hash_password, validate_password};
 use crate::agent::tools::{self, Actor, ToolCall, ToolContext};
 use crate::commerce::Address;
-use crate::inbox::events::InboxEvent;
-use crate::store::{AuthorKind, Conversation, ConversationStatus, Direction, Message, NewMessage};
+use crate::events::InboxEvent;
+use crate::store::{Conversation, ConversationStatus, Message};
 use crate::util::now_ms;
 
 /// Longest reply or note, in characters (the inbox accepts the same from shoppers).
@@ -49,10 +49,10 @@ fn changed(web: &WebState, conv: &str, status: ConversationStatus) {
     });
 }
 
-/// Sends a staff member's reply on the conversation's channel: stored as an outbound staff
-/// message, published to live subscribers (web chat delivers it over its socket, the inbox
-/// shows it), and put in the outbox for channels that deliver through it — the same path the
-/// brand agent's replies take. The conversation then waits for the customer.
+/// Sends a staff member's reply on the conversation's channel, the way the brand agent's
+/// answers leave ([`crate::inbox::reply`]): stored with its delivery, published to live
+/// subscribers (web chat delivers it over its socket, the inbox shows it), sent by the worker.
+/// The conversation then waits for the customer.
 pub async fn send_staff_reply(
     web: &WebState,
     conv: &Conversation,
@@ -60,34 +60,7 @@ pub async fn send_staff_reply(
     text: &str,
 ) -> Result<Message, WebError> {
     let store = &web.app.store;
-    let message = store
-        .append_message(
-            &conv.id,
-            &NewMessage {
-                direction: Direction::Outbound,
-                author_kind: AuthorKind::Staff,
-                author_id: Some(staff_id.to_string()),
-                text: text.to_string(),
-                html: None,
-                meta: serde_json::json!({}),
-            },
-        )
-        .await?;
-    if crate::channels::uses_outbox(&conv.channel) {
-        store
-            .enqueue_delivery(
-                &message.id,
-                &conv.id,
-                &conv.channel,
-                web.app.config.email.max_attempts,
-            )
-            .await?;
-    }
-    crate::telemetry::count_message(&conv.channel, "out");
-    web.app.hub.publish(InboxEvent::Message {
-        conversation_id: conv.id.clone(),
-        message: Box::new(message.clone()),
-    });
+    let message = crate::inbox::reply::send_staff_reply(&web.app, conv, staff_id, text).await?;
     if conv.status != ConversationStatus::AwaitingCustomer {
         store
             .set_conversation_status(&conv.id, ConversationStatus::AwaitingCustomer)

@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::WebState;
 use super::auth::StaffAuth;
-use crate::inbox::events::{EventHub, InboxEvent};
+use crate::events::{EventHub, InboxEvent};
 
 pub async fn events(State(web): State<WebState>, _auth: StaffAuth) -> impl IntoResponse {
     let rx = web.app.hub.subscribe();

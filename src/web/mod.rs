@@ -11,8 +11,6 @@
 
 mod actions;
 mod auth;
-pub mod bench;
-pub mod cli;
 mod live;
 mod search;
 mod views;
@@ -26,8 +24,9 @@ use axum::routing::{get, post};
 use handlebars::Handlebars;
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
+pub use actions::check_role;
 pub use auth::{hash_password, validate_password};
 
 const CSS: &str = include_str!("assets/inbox.css");

@@ -400,7 +400,9 @@ fn delivery_text(
     Some(match conv.channel.as_str() {
         "api" => "Delivered on api (in the conversation the API returns)".into(),
         "webchat" => "Delivered on webchat (sent to the open chat, kept for reconnects)".into(),
-        c if crate::channels::uses_outbox(c) => format!("Not queued for {c}"),
+        c if crate::store::Channel::parse(c).is_ok_and(|c| c.delivers()) => {
+            format!("Not queued for {c}")
+        }
         c => format!("Delivered on {c}"),
     })
 }

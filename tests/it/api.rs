@@ -282,3 +282,80 @@ async fn order_lookup_by_number() {
     assert_eq!(s, 404);
     app.stop().await;
 }
+
+/// The API message's turn is the durable job every channel's is: stored with the message, run in
+/// the request, done; run again (a worker re-running it after a crash), it finds the answer and
+/// answers nothing twice — and the database refuses a second answer outright. What the turn
+/// needs is stored with the message, the client's address included.
+async fn a_turn_answers_its_message_once(db: Db) {
+    let Some(app) = TestApp::spawn_on(db).await else {
+        return;
+    };
+    let (status, body) = app
+        .post_message(json!({"thread": "once-1", "text": "hello there", "message_id": "once-m1"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let message_id = body["message_id"].as_str().unwrap().to_string();
+    let store = app.store();
+    // Queuing the turn again finds the one queued with the message (its dedupe key).
+    let job_id = store
+        .enqueue_job(
+            concierge::inbox::JOB_TURN,
+            &json!({}),
+            Some(&format!("{}:{message_id}", concierge::inbox::JOB_TURN)),
+            5,
+        )
+        .await
+        .unwrap();
+    let job = store.get_job(&job_id).await.unwrap().expect("the turn job");
+    assert_eq!(job.status, concierge::store::JobStatus::Done, "{job:?}");
+    assert_eq!(job.payload["message_id"], message_id.as_str(), "{job:?}");
+
+    let first = store
+        .answer_to(&message_id)
+        .await
+        .unwrap()
+        .expect("answered");
+    assert_eq!(body["reply"]["text"], first.text.as_str());
+    let again = concierge::inbox::turn::run(&app.state, &message_id)
+        .await
+        .unwrap()
+        .expect("the answer");
+    assert_eq!(again.id, first.id);
+    let view = store
+        .conversation_view(body["conversation_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let outbound = view
+        .messages
+        .iter()
+        .filter(|m| m.direction == concierge::store::Direction::Outbound)
+        .count();
+    assert_eq!(outbound, 1, "{:?}", view.messages);
+    let second = store
+        .append_outbound(
+            &first.conversation_id,
+            &concierge::store::NewMessage {
+                direction: concierge::store::Direction::Outbound,
+                author_kind: concierge::store::AuthorKind::BrandAgent,
+                author_id: None,
+                text: "a second answer".into(),
+                html: None,
+                meta: json!({}),
+            },
+            Some(&message_id),
+            None,
+        )
+        .await
+        .expect_err("one answer per message");
+    assert!(second.is_unique_violation(), "{second}");
+
+    let stored = store.message_by_id(&message_id).await.unwrap().unwrap();
+    let trust = &stored.meta["trust"];
+    assert_eq!(trust["requester"], "ip:127.0.0.1", "{trust}");
+    assert_eq!(trust["confirms_writes"], true, "{trust}");
+    assert_eq!(stored.meta["answer"], "agent");
+    app.stop().await;
+}
+on_both!(a_turn_answers_its_message_once);

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::{repo_path, shared_data};
 
-fn concierge(data_dir: &Path) -> Command {
+/// The `concierge` binary, run from the repository (so the brand folders are found) on
+/// `data_dir`.
+pub(crate) fn concierge(data_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_concierge"));
     c.current_dir(repo_path(""))
         .env_remove("DATABASE_URL")
@@ -138,7 +140,8 @@ fn shopify_fixtures_import_and_a_corrupt_file_changes_nothing() {
     }
 }
 
-struct Server(Child);
+/// A `concierge serve` child process, killed when dropped.
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {

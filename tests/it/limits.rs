@@ -506,9 +506,9 @@ async fn chat_sockets_are_limited_per_address() {
     let app = TestApp::spawn_with(Db::Sqlite, |c| c.chat.sockets_per_ip = 2).await;
     let a = connect(&app).await;
     let _b = connect(&app).await;
-    let Err((status, retry)) = handshake(&app, None).await else {
-        panic!("a third socket is refused");
-    };
+    let (status, retry) = handshake(&app, None)
+        .await
+        .expect_err("a third socket is refused");
     assert_eq!(status, 429);
     assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
     // Closing one gives its slot back.
@@ -534,9 +534,9 @@ async fn chat_sockets_only_from_allowed_origins() {
         handshake(&app, Some(&own)).await.is_ok(),
         "the service's own page"
     );
-    let Err((status, _)) = handshake(&app, Some("https://evil.example")).await else {
-        panic!("refused");
-    };
+    let (status, _) = handshake(&app, Some("https://evil.example"))
+        .await
+        .expect_err("refused");
     assert_eq!(status, 403);
     app.stop().await;
 
@@ -549,9 +549,9 @@ async fn chat_sockets_only_from_allowed_origins() {
             .await
             .is_ok()
     );
-    let Err((status, _)) = handshake(&app, Some("https://evil.example")).await else {
-        panic!("refused");
-    };
+    let (status, _) = handshake(&app, Some("https://evil.example"))
+        .await
+        .expect_err("refused");
     assert_eq!(status, 403);
     let own = app.addr.clone();
     assert_eq!(

@@ -7,6 +7,7 @@ mod a2a_tck;
 mod a2a_trust;
 mod agent;
 mod api;
+mod architecture;
 mod browser;
 mod cli;
 mod email;

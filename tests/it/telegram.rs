@@ -3,7 +3,9 @@
 //! number, both through `sendMessage`; long polling answers every update exactly once across
 //! restarts, also when a crash left the offset behind; webhook mode refuses a wrong secret,
 //! registers itself with setWebhook, and accepts every sample update in
-//! `shared/data/webhooks/telegram` without a server error.
+//! `shared/data/webhooks/telegram` without a server error. Deliveries: a chat Telegram says does
+//! not exist is a dead letter at once, a 502 is retried; the job worker sends several replies at
+//! once (up to `[jobs] concurrency`) and starts on a queued job without waiting for its poll.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,14 @@ struct FakeState {
     polls: Vec<Poll>,
     webhooks: Vec<Value>,
     next_message_id: i64,
+    /// Answers sendMessage gives a chat instead of sending, in turn (status, body).
+    refusals: std::collections::HashMap<i64, Vec<(u16, Value)>>,
+    /// sendMessage calls per chat, refused ones included.
+    attempts: std::collections::HashMap<i64, usize>,
+    /// How long each sendMessage takes.
+    send_delay: Duration,
+    in_flight: usize,
+    peak_in_flight: usize,
 }
 
 /// A stand-in for api.telegram.org.
@@ -177,7 +187,25 @@ async fn bot_method(
         "sendmessage" => {
             let chat_id = params["chat_id"].as_i64().unwrap_or_default();
             let text = params["text"].as_str().unwrap_or_default().to_string();
+            let delay = {
+                let mut s = lock();
+                *s.attempts.entry(chat_id).or_default() += 1;
+                if let Some((status, body)) = s
+                    .refusals
+                    .get_mut(&chat_id)
+                    .filter(|r| !r.is_empty())
+                    .map(|r| r.remove(0))
+                {
+                    let status = axum::http::StatusCode::from_u16(status).unwrap();
+                    return (status, axum::Json(body)).into_response();
+                }
+                s.in_flight += 1;
+                s.peak_in_flight = s.peak_in_flight.max(s.in_flight);
+                s.send_delay
+            };
+            tokio::time::sleep(delay).await;
             let mut s = lock();
+            s.in_flight -= 1;
             s.next_message_id += 1;
             let id = s.next_message_id;
             s.sent.push((chat_id, text.clone()));
@@ -554,5 +582,177 @@ async fn a_group_chat_gets_an_invitation_and_no_account_data() {
     assert_eq!(sent.len(), 3, "{sent:?}");
     assert_eq!(sent[2].0, CHAT);
     assert!(!sent[2].1.contains("951786982868"), "{}", sent[2].1);
+    app.stop().await;
+}
+
+async fn deliveries_of_chat(app: &TestApp, chat: i64) -> Vec<concierge::store::Delivery> {
+    let Some(conv) = app
+        .store()
+        .conversation_by_thread("telegram", &format!("telegram:{chat}"))
+        .await
+        .unwrap()
+    else {
+        return Vec::new();
+    };
+    app.store()
+        .deliveries_for_conversation(&conv.id)
+        .await
+        .unwrap()
+}
+
+async fn wait_delivery(
+    app: &TestApp,
+    chat: i64,
+    status: &str,
+    secs: u64,
+) -> concierge::store::Delivery {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let all = deliveries_of_chat(app, chat).await;
+        if let Some(d) = all.iter().find(|d| d.status == status) {
+            return d.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {status} delivery for chat {chat}: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn private_update(update_id: i64, chat: i64, text: &str) -> String {
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id + 100, "date": 1_767_000_000,
+            "chat": {"id": chat, "type": "private", "first_name": "Sam"},
+            "from": {"id": chat, "is_bot": false, "first_name": "Sam"},
+            "text": text
+        }
+    })
+    .to_string()
+}
+
+/// What Telegram refuses for good is not tried again; what may pass is, with the channel's
+/// backoff.
+#[tokio::test]
+async fn a_missing_chat_is_a_dead_letter_at_once_and_a_bad_gateway_is_retried() {
+    const GONE: i64 = 7_700_101;
+    const FLAKY: i64 = 7_700_102;
+    let fake = FakeBotApi::start().await;
+    fake.lock().refusals.insert(
+        GONE,
+        vec![(
+            400,
+            json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
+        )],
+    );
+    fake.lock().refusals.insert(
+        FLAKY,
+        vec![(
+            502,
+            json!({"ok": false, "error_code": 502, "description": "Bad Gateway"}),
+        )],
+    );
+    let url = fake.url.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| {
+        c.telegram.token = Some(Secret::new(TOKEN));
+        c.telegram.api_url = url;
+        c.telegram.mode = "webhook".into();
+        c.telegram.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+        c.telegram.max_attempts = 4;
+        c.telegram.retry_base_ms = 100;
+    })
+    .await;
+
+    for (id, chat) in [(1, GONE), (2, FLAKY)] {
+        let (status, body) = post_update(
+            &app,
+            Some(WEBHOOK_SECRET),
+            private_update(id, chat, "hello"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // teloxide waits 10 s after a Telegram 5xx before it reports it.
+    let sent = wait_delivery(&app, FLAKY, "sent", 40).await;
+    assert_eq!(sent.attempts, 2, "one 502, then sent: {sent:?}");
+    assert_eq!(fake.lock().attempts.get(&FLAKY).copied(), Some(2));
+    let job = app
+        .store()
+        .get_job(sent.job_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, concierge::store::JobStatus::Done);
+
+    let dead = wait_delivery(&app, GONE, "dead", 10).await;
+    assert_eq!(dead.attempts, 1, "{dead:?}");
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("chat not found"),
+        "{dead:?}"
+    );
+    let job = app
+        .store()
+        .get_job(dead.job_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, concierge::store::JobStatus::Dead, "{job:?}");
+    assert_eq!(job.attempts, 1, "{job:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        fake.lock().attempts.get(&GONE).copied(),
+        Some(1),
+        "never tried again"
+    );
+    assert_eq!(fake.sent().iter().filter(|(c, _)| *c == FLAKY).count(), 1);
+    app.stop().await;
+}
+
+/// The worker runs several jobs at once, never more than `[jobs] concurrency`, and a job queued
+/// on the instance starts at once rather than at the next poll (here a minute away).
+#[tokio::test]
+async fn the_worker_runs_jobs_side_by_side_and_wakes_when_one_is_queued() {
+    let fake = FakeBotApi::start().await;
+    fake.lock().send_delay = Duration::from_millis(700);
+    let url = fake.url.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| {
+        c.telegram.token = Some(Secret::new(TOKEN));
+        c.telegram.api_url = url;
+        c.telegram.mode = "webhook".into();
+        c.telegram.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+        c.jobs.poll_interval_ms = 60_000;
+        c.jobs.concurrency = 3;
+    })
+    .await;
+    // Let the worker's first look for due jobs pass: from now on only a wake-up starts a job.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    for i in 0..6 {
+        let (status, body) = post_update(
+            &app,
+            Some(WEBHOOK_SECRET),
+            private_update(10 + i, 7_700_200 + i, "hello"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let sent = fake.wait_sent(6, 30).await;
+    let took = started.elapsed();
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    let peak = fake.lock().peak_in_flight;
+    assert!(peak >= 2, "replies were sent one at a time (peak {peak})");
+    assert!(
+        peak <= 3,
+        "more than [jobs] concurrency at once (peak {peak})"
+    );
+    // Six sends of 0.7 s each, three at a time: about 1.4 s; one at a time would be 4.2 s, and
+    // waiting for the poll a minute.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
     app.stop().await;
 }

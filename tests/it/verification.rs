@@ -744,6 +744,7 @@ async fn turn(
             requester: None,
             verify_from_claims: proof.from_claims,
             vouched_customer: proof.vouched,
+            deliver: None,
         })
         .await
         .unwrap();

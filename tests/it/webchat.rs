@@ -1,7 +1,10 @@
 //! Web chat over a real WebSocket: hello/welcome with a signed token, a question answered by
 //! the agent, a staff reply that arrives while the visitor is away delivered on reconnect, and
-//! bad frames answered with an error while the socket stays usable.
+//! bad frames answered with an error while the socket stays usable. A message acknowledged by a
+//! service that is then killed (`kill -9`, mid-turn) is answered once the service is back, once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -16,7 +19,12 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(app: &TestApp) -> Socket {
-    let url = format!("{}/chat/ws", app.addr.replace("http://", "ws://"));
+    connect_to(&app.addr).await
+}
+
+/// A socket to the web chat of the service at `addr` (`http://host:port`).
+async fn connect_to(addr: &str) -> Socket {
+    let url = format!("{}/chat/ws", addr.replace("http://", "ws://"));
     tokio_tungstenite::connect_async(url)
         .await
         .expect("websocket")
@@ -167,4 +175,145 @@ async fn the_widget_and_demo_page_are_served() {
         .unwrap();
     assert!(page.contains("<script src=\"/chat/widget.js\""), "{page}");
     app.stop().await;
+}
+
+/// A stand-in for the LLM endpoint that holds every request until told to answer: the turn it
+/// serves stays in flight as long as the test wants.
+#[derive(Clone, Default)]
+struct StallingModel {
+    answering: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn stalling_completions(
+    axum::extract::State(m): axum::extract::State<StallingModel>,
+    axum::Json(_req): axum::Json<Value>,
+) -> axum::Json<Value> {
+    m.requests.fetch_add(1, Ordering::SeqCst);
+    while !m.answering.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    axum::Json(json!({
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 1_763_900_000,
+        "model": "fake-model",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                     "message": {"role": "assistant", "content": "Happy to help with that!"}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
+}
+
+/// `concierge serve` on `data` with the stalling model, on a free port; returns the child and
+/// its address once it answers health checks.
+async fn serve(data: &std::path::Path, model: &str) -> (crate::cli::Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = crate::cli::concierge(data)
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("CONCIERGE_LLM__MODEL", "fake-model")
+        .env("CONCIERGE_LLM__BASE_URL", model)
+        .env("CONCIERGE_LLM__TIMEOUT_SECS", "300")
+        .env("OPENAI_API_KEY", "test-key")
+        .env("CONCIERGE_JOBS__LEASE_SECS", "2")
+        .env("CONCIERGE_JOBS__POLL_INTERVAL_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start concierge serve");
+    let server = crate::cli::Server(child);
+    let addr = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{addr}/healthz")).await
+            && r.status().is_success()
+        {
+            return (server, addr);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "concierge serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn authors(history: &Value, author: &str) -> usize {
+    history
+        .as_array()
+        .map_or(0, |h| h.iter().filter(|m| m["author"] == author).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_acknowledged_before_a_kill_is_answered_after_restart_once() {
+    let model = StallingModel::default();
+    let router = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(stalling_completions),
+        )
+        .with_state(model.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let model_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+
+    let (mut server, addr) = serve(&data, &model_url).await;
+    let mut ws = connect_to(&addr).await;
+    send(&mut ws, json!({"type": "hello"})).await;
+    let token = next_where(&mut ws, |v| v["type"] == "welcome").await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(
+        &mut ws,
+        json!({"type": "message", "text": "do you ship to Canada?", "client_id": "c-1"}),
+    )
+    .await;
+    next_where(&mut ws, |v| v["type"] == "ack" && v["client_id"] == "c-1").await;
+    // The turn is under way (the model has the question) when the service dies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while model.requests.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the turn never reached the model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.0.kill().expect("kill -9");
+    server.0.wait().unwrap();
+    drop(ws);
+
+    model.answering.store(true, Ordering::SeqCst);
+    let (server, addr) = serve(&data, &model_url).await;
+    let mut ws = connect_to(&addr).await;
+    send(&mut ws, json!({"type": "hello", "token": token})).await;
+    let welcome = next_where(&mut ws, |v| v["type"] == "welcome").await;
+    assert_eq!(authors(&welcome["history"], "customer"), 1, "{welcome}");
+    if authors(&welcome["history"], "brand_agent") == 0 {
+        // Answered once the dead instance's lease on the turn runs out (2 s here).
+        let reply = next_where(&mut ws, |v| {
+            v["type"] == "message" && v["author"] == "brand_agent"
+        })
+        .await;
+        assert!(
+            reply["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Happy to help with that!"),
+            "the model's answer: {reply}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut again = connect_to(&addr).await;
+    send(&mut again, json!({"type": "hello", "token": token})).await;
+    let welcome = next_where(&mut again, |v| v["type"] == "welcome").await;
+    assert_eq!(
+        authors(&welcome["history"], "brand_agent"),
+        1,
+        "answered once: {welcome}"
+    );
+    assert_eq!(authors(&welcome["history"], "customer"), 1, "{welcome}");
+    drop(server);
 }

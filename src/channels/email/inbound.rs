@@ -5,8 +5,7 @@
 //! reply threads even when a client rewrites its headers); else a new conversation.
 //! Auto-replies and bounces are recorded but never answered.
 //!
-//! Trust, decided here and kept in the message's meta (`trust`, read when the message is
-//! answered): the From address is proven only by a trusted relay's `Authentication-Results`
+//! Trust, decided here and stored with the message (`meta.trust`, read by its turn): the From address is proven only by a trusted relay's `Authentication-Results`
 //! ([`super::auth`]); then the sender is verified, their identity may be linked to the customer
 //! and a "yes" confirms a change. Without that proof the From address is only the shopper's
 //! email claim, the identity is never linked, and a "yes" confirms a change only when the
@@ -23,8 +22,8 @@ use serde_json::json;
 use super::auth;
 use super::parse::{self, MailKind, ParsedEmail};
 use super::thread;
-use crate::store::{AuthorKind, Direction, InboundMessage, Store};
-use crate::worker::JOB_AGENT_REPLY;
+use crate::inbox::{Answer, InboxError, Intake, Trust};
+use crate::store::{AuthorKind, Direction, InboundMessage, IngestOutcome, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EmailReceipt {
@@ -51,8 +50,42 @@ pub enum EmailInError {
     Attachment(std::io::Error),
 }
 
-/// Stores an inbound email and queues the agent's answer. `trusted_authserv_ids` are the
-/// relays whose `Authentication-Results` header is believed (`[email] trusted_authserv_ids`).
+impl From<InboxError> for EmailInError {
+    fn from(e: InboxError) -> EmailInError {
+        match e {
+            InboxError::Invalid { field, message } => {
+                EmailInError::Invalid(format!("{field}: {message}"))
+            }
+            InboxError::Store(s) => EmailInError::Store(s),
+        }
+    }
+}
+
+/// An inbound email read, threaded and judged, ready for the inbox.
+pub struct ReadEmail {
+    pub intake: Intake,
+    pub parsed: ParsedEmail,
+    /// normal, auto_reply or bounce
+    pub kind: &'static str,
+    pub will_answer: bool,
+}
+
+impl ReadEmail {
+    /// What the sender of the email is told once the inbox has it.
+    pub fn receipt(&self, outcome: &IngestOutcome) -> EmailReceipt {
+        EmailReceipt {
+            conversation_id: outcome.conversation_id.clone(),
+            message_id: outcome.message_id.clone(),
+            duplicate: outcome.duplicate,
+            kind: self.kind,
+            will_answer: self.will_answer,
+        }
+    }
+}
+
+/// Stores an inbound email with its turn through the store alone (`concierge email ingest`: the
+/// running server's worker answers it). A server receiving mail uses [`read`] and
+/// [`crate::inbox::receive`], which also tells live subscribers.
 pub async fn receive(
     store: &Store,
     data_dir: &Path,
@@ -60,6 +93,21 @@ pub async fn receive(
     trusted_authserv_ids: &[String],
     raw: &[u8],
 ) -> Result<(EmailReceipt, ParsedEmail), EmailInError> {
+    let read = read(store, data_dir, support_address, trusted_authserv_ids, raw).await?;
+    let outcome = crate::inbox::store_message(store, read.intake.clone()).await?;
+    Ok((read.receipt(&outcome), read.parsed))
+}
+
+/// Reads a raw email: threads it, decides how far its sender is trusted and whether it is
+/// answered, saves its attachments. `trusted_authserv_ids` are the relays whose
+/// `Authentication-Results` header is believed (`[email] trusted_authserv_ids`).
+pub async fn read(
+    store: &Store,
+    data_dir: &Path,
+    support_address: &str,
+    trusted_authserv_ids: &[String],
+    raw: &[u8],
+) -> Result<ReadEmail, EmailInError> {
     let parsed = parse::parse(raw).map_err(|e| EmailInError::Unparseable(e.to_string()))?;
     let from = parsed.from.clone().ok_or(EmailInError::NoSender)?;
     // Without a Message-ID, a digest of the message stands in, so a redelivery still dedupes.
@@ -139,42 +187,33 @@ pub async fn receive(
             "date": parsed.date,
             "sender_auth": sender_auth,
             "answers_our_email": answers_our_email,
-            "trust": {
-                "sender_verified": proven,
-                "identity_linkable": proven,
-                "confirms_writes": proven || answers_our_email,
-            },
         }),
     };
-    let outcome = crate::inbox::receive(store, &msg)
-        .await
-        .map_err(|e| match e {
-            crate::inbox::InboxError::Invalid { field, message } => {
-                EmailInError::Invalid(format!("{field}: {message}"))
-            }
-            crate::inbox::InboxError::Store(s) => EmailInError::Store(s),
-        })?;
     let will_answer = kind == "normal" && !is_no_reply(&from.email);
-    if !outcome.duplicate && will_answer {
-        store
-            .enqueue_job(
-                JOB_AGENT_REPLY,
-                &json!({"conversation_id": outcome.conversation_id, "message_id": outcome.message_id}),
-                Some(&format!("agent_reply:{}", outcome.message_id)),
-                5,
-            )
-            .await?;
-    }
-    Ok((
-        EmailReceipt {
-            conversation_id: outcome.conversation_id,
-            message_id: outcome.message_id,
-            duplicate: outcome.duplicate,
-            kind,
-            will_answer,
+    let trust = Trust {
+        sender_email: Some(from.email.clone()),
+        sender_verified: proven,
+        sender_email_is_claim: true,
+        confirms_writes: proven || answers_our_email,
+        identity_linkable: proven,
+        verify_from_claims: true,
+        vouched_customer: None,
+        requester: None,
+    };
+    Ok(ReadEmail {
+        intake: Intake {
+            message: msg,
+            trust,
+            answer: if will_answer {
+                Answer::Agent
+            } else {
+                Answer::Nothing
+            },
         },
         parsed,
-    ))
+        kind,
+        will_answer,
+    })
 }
 
 /// Whether a message joining this conversation answers one of our own emails that went to an

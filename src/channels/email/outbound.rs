@@ -18,28 +18,31 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Email, Tokio1Executo
 use serde_json::{Value, json};
 
 use super::thread;
-use crate::app::AppState;
+use crate::channels::SendError;
+use crate::state::AppState;
 use crate::store::{Delivery, Direction};
 
-/// Sends a delivery; returns the Message-ID used.
-pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String>, String> {
+/// Sends a delivery; returns the Message-ID used. A recipient or message the mail server
+/// refuses for good (an SMTP 5xx) is a permanent failure; a missing setting, a 4xx or an
+/// unreachable server a transient one.
+pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String>, SendError> {
     let cfg = &state.config.email;
-    let smtp = cfg
-        .smtp_url
-        .as_ref()
-        .ok_or("[email] smtp_url is not set, so email replies cannot be sent")?;
+    let transient = |e: String| SendError::Transient(e);
+    let smtp = cfg.smtp_url.as_ref().ok_or_else(|| {
+        transient("[email] smtp_url is not set, so email replies cannot be sent".into())
+    })?;
     let store = &state.store;
-    let err = |e: crate::store::StoreError| e.to_string();
+    let err = |e: crate::store::StoreError| SendError::from(e);
     let message = store
         .message_by_id(&delivery.message_id)
         .await
         .map_err(err)?
-        .ok_or("the reply to send no longer exists")?;
+        .ok_or_else(|| SendError::Permanent("the reply to send no longer exists".into()))?;
     let view = store
         .conversation_view(&delivery.conversation_id)
         .await
         .map_err(err)?
-        .ok_or("the conversation no longer exists")?;
+        .ok_or_else(|| SendError::Permanent("the conversation no longer exists".into()))?;
     let conversation = &view.conversation;
     let sender = match &conversation.identity_id {
         Some(id) => store
@@ -60,7 +63,8 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
         ),
         None => None,
     };
-    let recipient = recipient(sender.as_deref(), on_file.as_deref())?;
+    let recipient =
+        recipient(sender.as_deref(), on_file.as_deref()).map_err(SendError::Permanent)?;
     store
         .record_email_recipient(&message.id, &recipient)
         .await
@@ -69,15 +73,15 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
     let from: Mailbox = cfg
         .from
         .parse()
-        .map_err(|e| format!("[email] from {:?} is not a mailbox: {e}", cfg.from))?;
-    let to: Mailbox = recipient
-        .parse()
-        .map_err(|e| format!("recipient {recipient:?} is not a mailbox: {e}"))?;
+        .map_err(|e| transient(format!("[email] from {:?} is not a mailbox: {e}", cfg.from)))?;
+    let to: Mailbox = recipient.parse().map_err(|e| {
+        SendError::Permanent(format!("recipient {recipient:?} is not a mailbox: {e}"))
+    })?;
     let token = store.reply_token(&conversation.id).await.map_err(err)?;
     let support = from.email.to_string();
     let reply_to: Mailbox = thread::reply_to_address(&support, &token)
         .parse()
-        .map_err(|e| format!("reply-to address: {e}"))?;
+        .map_err(|e| transient(format!("reply-to address: {e}")))?;
     let domain = support
         .rsplit_once('@')
         .map(|(_, d)| d)
@@ -133,7 +137,7 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
             "channel/email",
             &json!({"body": message.text, "voice": &*state.agent.resolver().voice}),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| transient(e.to_string()))?;
     let mut builder = Email::builder()
         .from(from)
         .to(to)
@@ -157,16 +161,20 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
             message.text.clone(),
             html,
         ))
-        .map_err(|e| format!("cannot build the email: {e}"))?;
+        .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
     let _ = ContentType::TEXT_PLAIN;
     let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp.expose())
-        .map_err(|e| format!("[email] smtp_url is not usable: {e}"))?
+        .map_err(|e| transient(format!("[email] smtp_url is not usable: {e}")))?
         .timeout(Some(Duration::from_secs(20)))
         .build();
-    transport
-        .send(email)
-        .await
-        .map_err(|e| format!("SMTP delivery failed: {e}"))?;
+    transport.send(email).await.map_err(|e| {
+        let why = format!("SMTP delivery failed: {e}");
+        if e.is_permanent() {
+            SendError::Permanent(why)
+        } else {
+            SendError::Transient(why)
+        }
+    })?;
     Ok(Some(message_id))
 }
 

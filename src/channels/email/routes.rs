@@ -11,9 +11,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::inbound::{self, EmailInError};
-use crate::app::AppState;
 use crate::error::{ApiError, BodyLimit};
-use crate::inbox::events::InboxEvent;
+use crate::state::AppState;
 use crate::util::constant_time_eq;
 
 pub fn routes(max_bytes: usize) -> Router<AppState> {
@@ -85,7 +84,14 @@ async fn inbound_mail(
         });
     }
     let support = support_address(&state.config.email.from);
-    let (receipt, _) = inbound::receive(
+    let refused = |e: EmailInError| match e {
+        EmailInError::Unparseable(_) | EmailInError::NoSender | EmailInError::Invalid(_) => {
+            ApiError::Unprocessable(e.to_string())
+        }
+        EmailInError::Store(s) => s.into(),
+        EmailInError::Attachment(io) => ApiError::Internal(io.into()),
+    };
+    let read = inbound::read(
         &state.store,
         &state.config.data_dir,
         &support,
@@ -93,22 +99,11 @@ async fn inbound_mail(
         &raw,
     )
     .await
-    .map_err(|e| match e {
-        EmailInError::Unparseable(_) | EmailInError::NoSender | EmailInError::Invalid(_) => {
-            ApiError::Unprocessable(e.to_string())
-        }
-        EmailInError::Store(s) => s.into(),
-        EmailInError::Attachment(io) => ApiError::Internal(io.into()),
-    })?;
-    if !receipt.duplicate
-        && let Ok(Some(m)) = state.store.message_by_id(&receipt.message_id).await
-    {
-        state.hub.publish(InboxEvent::Message {
-            conversation_id: receipt.conversation_id.clone(),
-            message: Box::new(m),
-        });
-    }
-    Ok(Json(json!(receipt)))
+    .map_err(refused)?;
+    let outcome = crate::inbox::receive(&state, read.intake.clone())
+        .await
+        .map_err(|e| refused(e.into()))?;
+    Ok(Json(json!(read.receipt(&outcome))))
 }
 
 /// The bare address of the configured sender ("Shop <help@shop.example>" → "help@shop.example").

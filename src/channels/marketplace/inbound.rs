@@ -15,13 +15,12 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::config::{Marketplace, SignatureConfig};
 use super::verify;
-use crate::app::AppState;
+use crate::config::marketplace::{Marketplace, SignatureConfig};
 use crate::error::ApiError;
-use crate::inbox::InboxError;
+use crate::inbox::{Answer, InboxError, Intake, Trust};
+use crate::state::AppState;
 use crate::store::{AuthorKind, InboundMessage};
-use crate::worker::JOB_AGENT_REPLY;
 
 /// What became of a verified webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +81,13 @@ pub async fn receive(
         Payload::Message(msg) => *msg,
         Payload::Ignored(why) => return Ok(Received::Ignored(why)),
     };
-    let outcome = crate::inbox::receive(&state.store, &msg)
+    // Stored with its turn in one step; a duplicate gets the turn queued only when it has none.
+    let intake = Intake {
+        message: msg,
+        trust: Trust::own_surface(),
+        answer: Answer::Agent,
+    };
+    let outcome = crate::inbox::receive(state, intake)
         .await
         .map_err(|e| match e {
             InboxError::Invalid { field, message } => {
@@ -92,21 +97,6 @@ pub async fn receive(
                 tracing::error!(marketplace = m.name(), error = %s, "cannot store a marketplace message");
                 ApiError::Unavailable("the message could not be stored; retry later".into())
             }
-        })?;
-    // Queued on duplicates too: the dedupe key makes it a no-op when the first delivery queued
-    // it, and it closes the gap when that one stored the message but failed before queueing.
-    state
-        .store
-        .enqueue_job(
-            JOB_AGENT_REPLY,
-            &json!({"conversation_id": outcome.conversation_id, "message_id": outcome.message_id}),
-            Some(&format!("agent_reply:{}", outcome.message_id)),
-            5,
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(marketplace = m.name(), error = %e, "cannot queue a marketplace answer");
-            ApiError::Unavailable("the message could not be queued; retry later".into())
         })?;
     Ok(Received::Stored {
         conversation_id: outcome.conversation_id,

@@ -1,5 +1,6 @@
 //! Signed-webhook marketplaces (eBay, or any marketplace that posts JSON webhooks signed with
-//! HMAC-SHA256), one per `channels/<name>.toml` with a `[marketplace]` table ([`config`]).
+//! HMAC-SHA256), one per `channels/<name>.toml` with a `[marketplace]` table
+//! ([`crate::config::marketplace`], read once at start into the application state).
 //! Each enabled marketplace whose signature can be checked gets
 //! `POST /channels/marketplace/<name>/webhook` ([`inbound`]: verify, then store the buyer's
 //! message and queue the agent's answer) and, for eBay's endpoint challenge, a `GET` on the same
@@ -8,7 +9,6 @@
 //! that is disabled, or cannot verify what it would receive (an HMAC secret not set, no public
 //! keys), mounts no endpoint — a log line says why — so nothing unverifiable is ever accepted.
 
-pub mod config;
 pub mod inbound;
 pub mod outbound;
 pub mod verify;
@@ -21,22 +21,28 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 
-use crate::app::AppState;
+use super::SendError;
+use crate::state::AppState;
 use crate::store::Delivery;
 
-pub use config::Marketplace;
+pub use crate::config::marketplace::Marketplace;
 
-/// The webhook routes of every usable marketplace in the brand's channels folder.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    let mut router = Router::new();
-    let all = match config::load_dir(&state.config.brand.channels) {
+/// The brand's marketplaces, read once at start. An invalid file turns every marketplace off
+/// (and says which file and why), as a half-read set of settings would be worse.
+pub fn load(channels_dir: &std::path::Path) -> Vec<Marketplace> {
+    match crate::config::marketplace::load_dir(channels_dir) {
         Ok(all) => all,
         Err(e) => {
             tracing::error!(error = %e, "marketplace channels are off: a marketplace file is invalid");
-            return router;
+            Vec::new()
         }
-    };
-    for m in all {
+    }
+}
+
+/// The webhook routes of every usable marketplace.
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let mut router = Router::new();
+    for m in state.marketplaces.iter().cloned() {
         if !m.config.enabled {
             tracing::info!(
                 marketplace = m.name(),
@@ -77,6 +83,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 }
 
 /// Sends a delivery on `marketplace:<name>`; returns the marketplace's id for the message.
-pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String>, String> {
-    outbound::send(state, delivery).await
+pub async fn send(
+    state: &AppState,
+    name: &str,
+    delivery: &Delivery,
+) -> Result<Option<String>, SendError> {
+    outbound::send(state, name, delivery).await
 }

@@ -3,46 +3,49 @@
 //! and order (from the inbound message it answers) fill the configured body template, which is
 //! sent to `reply.url` with the configured headers and `Idempotency-Key: <delivery key>` (stable
 //! across retries, so a marketplace that honours it never shows a reply twice). A non-2xx answer
-//! is an error with the status and the start of the body; the outbox retries with backoff and
-//! keeps a dead letter after the last attempt.
+//! is an error with the status and the start of the body: a 4xx (other than 408 and 429) is a
+//! permanent refusal, a dead letter at once; a 5xx, 408, 429, timeout or network error is
+//! retried with the marketplace's backoff (`reply.max_attempts`, `retry_base_ms`,
+//! `retry_max_ms`) and becomes a dead letter after the last attempt.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use handlebars::Handlebars;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::config::{Marketplace, ReplyConfig};
-use crate::app::AppState;
+use crate::channels::SendError;
+use crate::config::marketplace::{Marketplace, ReplyConfig, ReplyVars, render_body};
+use crate::state::AppState;
 use crate::store::{Delivery, Direction, Message};
 
 /// How much of a failed response's body an error keeps.
 const ERROR_EXCERPT_CHARS: usize = 300;
 
 /// Sends a delivery; returns the marketplace's id for the reply when `reply.id_pointer` finds one.
-pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String>, String> {
-    let name = delivery
-        .channel
-        .strip_prefix("marketplace:")
-        .ok_or_else(|| format!("{} is not a marketplace channel", delivery.channel))?;
-    let all = super::config::load_dir(&state.config.brand.channels)?;
-    let m = all
-        .into_iter()
-        .find(|m| m.name() == name)
-        .ok_or_else(|| format!("marketplace {name:?} is not configured"))?;
+pub async fn send(
+    state: &AppState,
+    name: &str,
+    delivery: &Delivery,
+) -> Result<Option<String>, SendError> {
+    // Settings can be fixed and the service restarted while the delivery waits: transient.
+    let m = state
+        .marketplace(name)
+        .ok_or_else(|| SendError::Transient(format!("marketplace {name:?} is not configured")))?;
     if !m.config.enabled {
-        return Err(format!("marketplace {name:?} is disabled"));
+        return Err(SendError::Transient(format!(
+            "marketplace {name:?} is disabled"
+        )));
     }
     let store = &state.store;
-    let (reply, conversation) = crate::outbox::reply_of(store, delivery).await?;
+    let (reply, conversation) = crate::channels::outbox::reply_of(store, delivery).await?;
     let thread_id = conversation
         .thread_key
         .strip_prefix(&format!("{name}:"))
         .ok_or_else(|| {
-            format!(
+            SendError::Permanent(format!(
                 "conversation {} is not a {name} thread ({:?})",
                 conversation.id, conversation.thread_key
-            )
+            ))
         })?
         .to_string();
     let inbound = answered_message(state, &reply).await?;
@@ -59,33 +62,21 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
         buyer_id: meta_str("buyer_id"),
         order: meta_str("order"),
     };
-    post_reply(&m, &vars, &delivery.idempotency_key).await
+    post_reply(m, &vars, &delivery.idempotency_key).await
 }
 
 /// The inbound message a reply answers (its `in_reply_to`, else the last inbound one before it).
-async fn answered_message(state: &AppState, reply: &Message) -> Result<Option<Message>, String> {
+async fn answered_message(state: &AppState, reply: &Message) -> Result<Option<Message>, SendError> {
     let store = &state.store;
     if let Some(id) = reply.meta.get("in_reply_to").and_then(Value::as_str)
-        && let Some(m) = store.message_by_id(id).await.map_err(|e| e.to_string())?
+        && let Some(m) = store.message_by_id(id).await?
     {
         return Ok(Some(m));
     }
-    let earlier = store
-        .messages_after(&reply.conversation_id, 0)
-        .await
-        .map_err(|e| e.to_string())?;
+    let earlier = store.messages_after(&reply.conversation_id, 0).await?;
     Ok(earlier
         .into_iter()
         .rfind(|m| m.seq < reply.seq && m.direction == Direction::Inbound))
-}
-
-/// What a reply template may use.
-#[derive(Debug, Clone)]
-pub struct ReplyVars {
-    pub text: String,
-    pub thread_id: String,
-    pub buyer_id: String,
-    pub order: String,
 }
 
 /// Sends one reply as configured; `Ok` carries the marketplace's id for it, if found.
@@ -93,34 +84,42 @@ pub async fn post_reply(
     m: &Marketplace,
     vars: &ReplyVars,
     idempotency_key: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SendError> {
     let cfg = &m.config.reply;
     let url = render_url(&cfg.url, vars);
-    let body = render_body(&cfg.body, vars)?;
-    let method = reqwest::Method::from_bytes(cfg.method.as_bytes())
-        .map_err(|_| format!("reply.method {:?} is not a method", cfg.method))?;
-    let mut request = client()?
+    let body = render_body(&cfg.body, vars).map_err(SendError::Permanent)?;
+    let method = reqwest::Method::from_bytes(cfg.method.as_bytes()).map_err(|_| {
+        SendError::Transient(format!("reply.method {:?} is not a method", cfg.method))
+    })?;
+    let mut request = client()
+        .map_err(SendError::Transient)?
         .request(method, &url)
         .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
         .header("Content-Type", "application/json")
         .header("Idempotency-Key", idempotency_key);
-    for (name, value) in headers(cfg, |k| std::env::var(k).ok())? {
+    for (name, value) in headers(cfg, |k| std::env::var(k).ok()).map_err(SendError::Transient)? {
         request = request.header(name, value);
     }
-    let response = request
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("{} reply to {} failed: {e}", m.name(), redact(&url)))?;
+    let response = request.body(body).send().await.map_err(|e| {
+        SendError::Transient(format!(
+            "{} reply to {} failed: {e}",
+            m.name(),
+            redact(&url)
+        ))
+    })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {
         let excerpt: String = text.chars().take(ERROR_EXCERPT_CHARS).collect();
-        return Err(format!(
-            "{} answered {status}: {}",
-            m.name(),
-            excerpt.trim()
-        ));
+        let why = format!("{} answered {status}: {}", m.name(), excerpt.trim());
+        let refused = status.is_client_error()
+            && status != reqwest::StatusCode::REQUEST_TIMEOUT
+            && status != reqwest::StatusCode::TOO_MANY_REQUESTS;
+        return Err(if refused {
+            SendError::Permanent(why)
+        } else {
+            SendError::Transient(why)
+        });
     }
     Ok(cfg.id_pointer.as_deref().and_then(|p| {
         let v: Value = serde_json::from_str(&text).ok()?;
@@ -169,49 +168,6 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// Escapes a value for use inside a JSON string literal.
-fn json_string_escape(s: &str) -> String {
-    let quoted = serde_json::to_string(s).unwrap_or_default();
-    quoted
-        .strip_prefix('"')
-        .and_then(|q| q.strip_suffix('"'))
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Renders the body template; the result must be JSON.
-pub fn render_body(template: &str, vars: &ReplyVars) -> Result<String, String> {
-    let mut hbs = Handlebars::new();
-    hbs.set_strict_mode(true);
-    hbs.register_escape_fn(json_string_escape);
-    let data = json!({
-        "text": vars.text,
-        "thread_id": vars.thread_id,
-        "buyer_id": vars.buyer_id,
-        "order": vars.order,
-    });
-    let body = hbs
-        .render_template(template, &data)
-        .map_err(|e| format!("reply.body does not render: {e}"))?;
-    serde_json::from_str::<Value>(&body)
-        .map_err(|e| format!("reply.body does not render to JSON: {e}"))?;
-    Ok(body)
-}
-
-/// Checks a body template at load time (with awkward sample values).
-pub fn check_body_template(template: &str) -> Result<(), String> {
-    render_body(
-        template,
-        &ReplyVars {
-            text: "a \"quoted\"\nline \\ with </script>".into(),
-            thread_id: "t-1".into(),
-            buyer_id: "b-1".into(),
-            order: String::new(),
-        },
-    )
-    .map(|_| ())
 }
 
 /// The configured headers with `${VAR}` replaced from the environment (unset: an error naming

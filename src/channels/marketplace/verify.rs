@@ -5,14 +5,13 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
+use p256::ecdsa::Signature;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
-use p256::ecdsa::{Signature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey;
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
 
-use super::config::{Marketplace, SignatureConfig};
+use crate::config::marketplace::{Marketplace, SignatureConfig, parse_public_key};
 
 /// Checks a webhook's signature; `Err` says why it is refused.
 pub fn check(m: &Marketplace, header_value: Option<&[u8]>, body: &[u8]) -> Result<(), String> {
@@ -117,22 +116,6 @@ pub fn ebay_ecdsa(
         Signature::from_der(&der).map_err(|_| "the signature is not DER ECDSA".to_string())?;
     key.verify_prehash(&Sha1::digest(body), &signature)
         .map_err(|_| "signature does not match the body".to_string())
-}
-
-/// A P-256 public key from PEM (SubjectPublicKeyInfo), with or without line breaks — eBay's key
-/// API returns it on one line.
-pub fn parse_public_key(pem: &str) -> Result<VerifyingKey, String> {
-    let body: String = pem
-        .replace("-----BEGIN PUBLIC KEY-----", "")
-        .replace("-----END PUBLIC KEY-----", "")
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let der = B64
-        .decode(body)
-        .map_err(|_| "the public key is not base64 PEM".to_string())?;
-    VerifyingKey::from_public_key_der(&der)
-        .map_err(|e| format!("not a P-256 public key (SubjectPublicKeyInfo): {e}"))
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Telegram group chats (groups, supergroups, channels): everyone in the chat reads the bot's
-//! answers, so nothing about an account is ever said there. A message in such a chat gets a
-//! short public answer (`prompts/replies/group_chat.hbs`) inviting the shopper to message the
-//! bot privately at `t.me/<bot username>`; the brand agent does not run, nothing is verified,
-//! and the sender's identity is never linked to a customer. The bot's username comes from
-//! `getMe`, asked once per bot and API URL.
+//! answers, so nothing about an account is ever said there. A message in such a chat is stored
+//! to be answered with a short public invitation to message the bot privately at
+//! `t.me/<bot username>` ([`crate::agent::fixed`]); the brand agent does not run, nothing is
+//! verified, and the sender's identity is never linked to a customer. The bot's username comes
+//! from `getMe`, asked once per bot and API URL, recorded with the message and kept in the
+//! store for a turn whose message could not record it.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -11,71 +12,12 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::CHANNEL;
-use crate::app::AppState;
-use crate::inbox::events::InboxEvent;
-use crate::store::{AuthorKind, ConversationStatus, Direction, Message, NewMessage};
+use crate::state::AppState;
 
-/// Answers a stored message from a group chat and puts the answer in the outbox.
-pub async fn answer(state: &AppState, message: &Message) -> anyhow::Result<()> {
-    let store = &state.store;
-    let username = bot_username(state).await?;
-    let resolver = state.agent.resolver();
-    let body = resolver.templates.render(
-        "reply/group_chat",
-        &json!({
-            "bot": username,
-            "link": format!("https://t.me/{username}"),
-            "voice": &*resolver.voice,
-        }),
-    )?;
-    let text = resolver
-        .voice
-        .polish(&resolver.wrap(CHANNEL, &body, false)?);
-    let reply = store
-        .append_message(
-            &message.conversation_id,
-            &NewMessage {
-                direction: Direction::Outbound,
-                author_kind: AuthorKind::BrandAgent,
-                author_id: None,
-                text,
-                html: None,
-                meta: json!({
-                    "in_reply_to": message.id,
-                    "resolution": {
-                        "intent": "group_chat",
-                        "status": "resolved",
-                        "actions": [],
-                        "citations": [],
-                    },
-                }),
-            },
-        )
-        .await?;
-    crate::telemetry::count_message(CHANNEL, "out");
-    store
-        .set_conversation_status(&message.conversation_id, ConversationStatus::Resolved)
-        .await?;
-    state.hub.publish(InboxEvent::Message {
-        conversation_id: message.conversation_id.clone(),
-        message: Box::new(reply.clone()),
-    });
-    store
-        .enqueue_delivery(
-            &reply.id,
-            &message.conversation_id,
-            CHANNEL,
-            state.config.email.max_attempts,
-        )
-        .await?;
-    Ok(())
-}
-
-/// The bot's username (`getMe`), remembered per API URL and token.
-async fn bot_username(state: &AppState) -> anyhow::Result<String> {
+/// The bot's username (`getMe`), remembered per API URL and token, and in the store.
+pub async fn bot_username(state: &AppState) -> anyhow::Result<String> {
     static KNOWN: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
     let cfg = &state.config.telegram;
     let key = crate::util::sha256_hex(
@@ -134,5 +76,9 @@ async fn bot_username(state: &AppState) -> anyhow::Result<String> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, name.clone());
+    state
+        .store
+        .set_setting(crate::inbox::turn::TELEGRAM_BOT_SETTING, &name)
+        .await?;
     Ok(name)
 }

@@ -1,17 +1,17 @@
 //! Telegram in: one Bot API update into the inbox. A text message (or a captioned photo or
 //! document) is stored as the Telegram user's message in the chat's conversation
-//! (`thread_key = "telegram:<chat id>"`, deduplicated on `"<chat id>:<message id>"`), then
-//! answered: `/start` (and `/help`) with the brand's greeting, anything else by the brand agent
-//! through the `agent_reply` job. Both follow-ups are idempotent, so handing the same update
-//! over twice (a restart before the offset was saved, a webhook retry) stores and answers it
-//! once. Other updates (edits, stickers, callback queries, membership changes, kinds teloxide
-//! does not know) are acknowledged and ignored.
+//! (`thread_key = "telegram:<chat id>"`, deduplicated on `"<chat id>:<message id>"`) with its
+//! turn, which answers `/start` (and `/help`) with the brand's greeting and anything else by the
+//! brand agent. Storing and scheduling are one idempotent step, so handing the same update over
+//! twice (a restart before the offset was saved, a webhook retry) stores and answers it once.
+//! Other updates (edits, stickers, callback queries, membership changes, kinds teloxide does
+//! not know) are acknowledged and ignored.
 //!
 //! Only a private chat is a conversation with one shopper: there the message is trusted as the
-//! Telegram user's (`meta.trust`: the identity may be linked, a "yes" confirms). In a group,
-//! supergroup or channel anyone in the chat reads the answers, so the brand agent never runs
-//! there: the message gets a short public answer inviting the shopper to a private chat
-//! ([`super::group`]), nothing is verified and the identity is never linked.
+//! Telegram user's (the identity may be linked, a "yes" confirms). In a group, supergroup or
+//! channel anyone in the chat reads the answers, so the brand agent never runs there: the
+//! message's answer is a short public invitation to a private chat (the bot's username, from
+//! [`super::group`], is recorded with it), nothing is verified and the identity is never linked.
 //!
 //! Updates are parsed with teloxide's types; a message they reject (older payloads without
 //! `chat.type` or `from.is_bot`, as in Telegram's own documentation samples) is read leniently
@@ -22,11 +22,9 @@ use serde_json::{Value, json};
 use teloxide::types::{Message, Update, UpdateKind};
 
 use super::CHANNEL;
-use crate::agent::state::DialogueState;
-use crate::app::AppState;
-use crate::inbox::events::InboxEvent;
-use crate::store::{AuthorKind, Direction, InboundMessage, IngestOutcome, NewMessage, StoreError};
-use crate::worker::JOB_AGENT_REPLY;
+use crate::inbox::{Answer, InboxError, Intake, Trust};
+use crate::state::AppState;
+use crate::store::{AuthorKind, InboundMessage, StoreError};
 
 /// A text message as this channel needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,19 +47,6 @@ impl TextMessage {
     /// A one-to-one chat between the bot and one user.
     pub fn is_private(&self) -> bool {
         self.chat_type == "private"
-    }
-}
-
-/// Whether a stored Telegram message came from a private chat (its `meta.chat_type`; for
-/// messages stored before that was recorded, a positive chat id: Telegram's private chats have
-/// the user's id, groups and channels negative ones).
-pub fn is_private(meta: &Value) -> bool {
-    match meta.get("chat_type").and_then(Value::as_str) {
-        Some(t) => t == "private",
-        None => meta
-            .get("chat_id")
-            .and_then(Value::as_i64)
-            .is_some_and(|id| id > 0),
     }
 }
 
@@ -247,7 +232,7 @@ pub async fn receive_raw(state: &AppState, raw: &Value) -> Result<Received, Stor
     }
 }
 
-/// Stores one text message and makes sure it gets its answer. Safe to repeat.
+/// Stores one text message with its turn (which makes sure it gets its answer). Safe to repeat.
 pub async fn receive_text(state: &AppState, t: &TextMessage) -> Result<Received, StoreError> {
     let msg = InboundMessage {
         channel: CHANNEL.into(),
@@ -273,36 +258,45 @@ pub async fn receive_text(state: &AppState, t: &TextMessage) -> Result<Received,
             "username": t.username,
             "date": t.date,
             "chat_type": t.chat_type,
-            "trust": {
-                "sender_verified": false,
-                "identity_linkable": t.is_private(),
-                "confirms_writes": t.is_private(),
-            },
         }),
     };
-    let outcome = match crate::inbox::receive(&state.store, &msg).await {
+    let answer = if !t.is_private() {
+        // The invitation links to the bot; a failed getMe leaves it to the stored username.
+        let bot = match super::group::bot_username(state).await {
+            Ok(name) => Some(name),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot learn the Telegram bot's username"
+                );
+                None
+            }
+        };
+        Answer::GroupChat { bot }
+    } else if greeting_command(&t.text) {
+        Answer::Greeting
+    } else {
+        Answer::Agent
+    };
+    let trust = Trust {
+        confirms_writes: t.is_private(),
+        identity_linkable: t.is_private(),
+        verify_from_claims: true,
+        ..Trust::default()
+    };
+    let intake = Intake {
+        message: msg,
+        trust,
+        answer,
+    };
+    let outcome = match crate::inbox::receive(state, intake).await {
         Ok(o) => o,
-        Err(crate::inbox::InboxError::Invalid { field, message }) => {
+        Err(InboxError::Invalid { field, message }) => {
             tracing::warn!(field, message, "ignoring an unusable Telegram message");
             return Ok(Received::Ignored("unusable message"));
         }
-        Err(crate::inbox::InboxError::Store(e)) => return Err(e),
+        Err(InboxError::Store(e)) => return Err(e),
     };
-    // Also for a duplicate: a crash may have come between storing and queueing. Both steps
-    // are idempotent (the job's dedupe key, the reply check), so repeating them is harmless.
-    if t.is_private() && greeting_command(&t.text) && greets(state) {
-        greet(state, &outcome).await?;
-    } else {
-        state
-            .store
-            .enqueue_job(
-                JOB_AGENT_REPLY,
-                &json!({"conversation_id": outcome.conversation_id, "message_id": outcome.message_id}),
-                Some(&format!("agent_reply:{}", outcome.message_id)),
-                5,
-            )
-            .await?;
-    }
     Ok(Received::Stored {
         conversation_id: outcome.conversation_id,
         message_id: outcome.message_id,
@@ -315,90 +309,6 @@ pub fn greeting_command(text: &str) -> bool {
     let first = text.split_whitespace().next().unwrap_or_default();
     let command = first.split('@').next().unwrap_or_default();
     command.eq_ignore_ascii_case("/start") || command.eq_ignore_ascii_case("/help")
-}
-
-fn greets(state: &AppState) -> bool {
-    state.agent.resolver().templates.has("reply/greeting")
-}
-
-/// Answers `/start` with `reply/greeting` in the channel's wrapper and puts it in the outbox,
-/// unless the message has its answer already (then only makes sure that answer is queued).
-async fn greet(state: &AppState, outcome: &IngestOutcome) -> Result<(), StoreError> {
-    let store = &state.store;
-    let conversation_id = outcome.conversation_id.as_str();
-    let reply = match store.reply_to(&outcome.message_id).await? {
-        Some(m) => m,
-        None => {
-            let resolver = state.agent.resolver();
-            let mut dialogue =
-                DialogueState::from_value(&store.conversation_state(conversation_id).await?);
-            let text = resolver
-                .templates
-                .render("reply/greeting", &json!({"voice": &*resolver.voice}))
-                .map_err(|e| e.to_string())
-                .and_then(|body| {
-                    resolver
-                        .wrap(CHANNEL, &body, dialogue.turns == 0)
-                        .map_err(|e| format!("{e:#}"))
-                })
-                .map(|t| resolver.voice.polish(&t));
-            let text = match text {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the greeting did not render; the brand agent answers /start");
-                    store
-                        .enqueue_job(
-                            JOB_AGENT_REPLY,
-                            &json!({"conversation_id": conversation_id, "message_id": outcome.message_id}),
-                            Some(&format!("agent_reply:{}", outcome.message_id)),
-                            5,
-                        )
-                        .await?;
-                    return Ok(());
-                }
-            };
-            dialogue.turns += 1;
-            store
-                .save_conversation_state(conversation_id, &dialogue.to_value())
-                .await?;
-            let message = store
-                .append_message(
-                    conversation_id,
-                    &NewMessage {
-                        direction: Direction::Outbound,
-                        author_kind: AuthorKind::BrandAgent,
-                        author_id: None,
-                        text,
-                        html: None,
-                        meta: json!({
-                            "in_reply_to": outcome.message_id,
-                            "resolution": {
-                                "intent": "greeting",
-                                "status": "awaiting_customer",
-                                "actions": [],
-                                "citations": [],
-                            },
-                        }),
-                    },
-                )
-                .await?;
-            crate::telemetry::count_message(CHANNEL, "out");
-            state.hub.publish(InboxEvent::Message {
-                conversation_id: conversation_id.to_string(),
-                message: Box::new(message.clone()),
-            });
-            message
-        }
-    };
-    store
-        .enqueue_delivery(
-            &reply.id,
-            conversation_id,
-            CHANNEL,
-            state.config.email.max_attempts,
-        )
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

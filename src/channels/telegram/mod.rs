@@ -1,8 +1,9 @@
 //! The Telegram channel: a bot on the Bot API through teloxide's [`Bot`]. Updates arrive by
 //! long polling (the default; [`polling`]) or by webhook (`POST /channels/telegram/webhook`,
 //! [`webhook`]); both hand them to [`inbound`], which stores each text message in the inbox
-//! (deduplicated on `"<chat id>:<message id>"`) and queues the brand agent's answer, or greets
-//! a `/start` in the brand's voice. Replies leave through the outbox and [`send`]
+//! (deduplicated on `"<chat id>:<message id>"`) with its turn: the brand agent's answer, the
+//! brand's greeting for `/start`, or a group chat's invitation. Replies leave through the outbox
+//! and [`send`]
 //! (`sendMessage` to the conversation's chat). Polling persists the last processed update id
 //! (setting [`OFFSET_SETTING`]) only after the update is stored, so a restart neither loses an
 //! update nor answers one twice.
@@ -20,8 +21,8 @@ use axum::routing::post;
 use teloxide::Bot;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::config::TelegramConfig;
+use crate::state::AppState;
 
 pub use outbound::send;
 

@@ -4,27 +4,34 @@
 //! for Telegram (plain text, no parse mode, so nothing needs escaping) and split into messages
 //! of at most [`MAX_MESSAGE_CHARS`]. Returns the id of the first message sent. Telegram has no
 //! idempotency key, so a crash between sending and recording the delivery can repeat it once.
+//!
+//! What Telegram refuses for good — a chat that does not exist, a bot the user blocked or a
+//! group removed it from, any other `Bad Request`/`Forbidden` — is a permanent failure (a dead
+//! letter at once); a network error, flood control, a server error or an unreadable answer is
+//! transient, and so is a rejected token (fixed in the configuration, the retries go through).
 
+use teloxide::RequestError;
 use teloxide::requests::{Request, Requester};
 use teloxide::types::ChatId;
 
 use super::CHANNEL;
-use crate::app::AppState;
+use crate::channels::SendError;
+use crate::state::AppState;
 use crate::store::Delivery;
 
 /// Telegram's limit is 4096 characters per message; stay a little below it.
 pub const MAX_MESSAGE_CHARS: usize = 4000;
 
 /// Sends a delivery; returns the Telegram message id of (the first part of) the reply.
-pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String>, String> {
-    let bot = super::bot(&state.config.telegram)?;
+pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String>, SendError> {
+    let bot = super::bot(&state.config.telegram).map_err(SendError::Transient)?;
     let store = &state.store;
-    let (message, conversation) = crate::outbox::reply_of(store, delivery).await?;
+    let (message, conversation) = crate::channels::outbox::reply_of(store, delivery).await?;
     let chat_id = chat_id(&conversation.thread_key).ok_or_else(|| {
-        format!(
+        SendError::Permanent(format!(
             "conversation {} is not a Telegram chat (thread {:?})",
             conversation.id, conversation.thread_key
-        )
+        ))
     })?;
     let text = format_for_telegram(&message.text);
     let mut first = None;
@@ -33,10 +40,33 @@ pub async fn send(state: &AppState, delivery: &Delivery) -> Result<Option<String
             .send_message(ChatId(chat_id), part)
             .send()
             .await
-            .map_err(|e| format!("Telegram sendMessage to chat {chat_id} failed: {e}"))?;
+            .map_err(|e| {
+                let why = format!("Telegram sendMessage to chat {chat_id} failed: {e}");
+                if is_permanent(&e) {
+                    SendError::Permanent(why)
+                } else {
+                    SendError::Transient(why)
+                }
+            })?;
         first.get_or_insert(sent.id.0.to_string());
     }
     Ok(first)
+}
+
+/// Whether Telegram refused a request for good (see the module documentation).
+pub fn is_permanent(e: &RequestError) -> bool {
+    use teloxide::ApiError;
+    match e {
+        RequestError::Api(ApiError::InvalidToken) => false,
+        RequestError::Api(ApiError::Unknown(text)) => {
+            text.starts_with("Bad Request") || text.starts_with("Forbidden")
+        }
+        RequestError::Api(_) | RequestError::MigrateToChatId(_) => true,
+        RequestError::RetryAfter(_)
+        | RequestError::Network(_)
+        | RequestError::InvalidJson { .. }
+        | RequestError::Io(_) => false,
+    }
 }
 
 /// The chat id in a Telegram conversation's thread key.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::OFFSET_SETTING;
 use super::inbound::{self, Received};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::Store;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

@@ -16,8 +16,8 @@ use teloxide::requests::{Request, Requester};
 
 use super::WEBHOOK_PATH;
 use super::inbound::{self, Received};
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::util::{constant_time_eq, sha256_hex};
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";

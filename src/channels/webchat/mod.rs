@@ -3,8 +3,10 @@
 //!
 //! Frames are JSON. Client → server: `hello {token?}`, `message {text, client_id}`, `typing`.
 //! Server → client: `welcome {token, history}`, `message {id, author, text, ts}`,
-//! `ack {client_id, id}` (sent once the message is stored), `typing`, `error {message}` (the
-//! socket stays usable). The token is signed (HMAC-SHA256, key kept in the store) and brings a
+//! `ack {client_id, id}` (sent once the message is stored with its turn), `typing`,
+//! `error {message}` (the socket stays usable). The turn runs at once in a task of its own, but
+//! it is the durable job every channel's turn is: a service killed between the ack and the
+//! answer answers the message after it restarts (once its lease runs out), once. The token is signed (HMAC-SHA256, key kept in the store) and brings a
 //! visitor back to their conversation; on reconnect the history delivers what they missed.
 //!
 //! Limits: a browser page may open the socket only from an allowed origin (`[chat]
@@ -28,10 +30,10 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::agent::Inbound;
-use crate::app::AppState;
-use crate::inbox::events::InboxEvent;
+use crate::events::InboxEvent;
+use crate::inbox::{Answer, Intake, Trust};
 use crate::limits::ChatSocket;
+use crate::state::AppState;
 use crate::store::{AuthorKind, Direction, InboundMessage, Message, Store};
 
 const WIDGET_JS: &str = include_str!("assets/widget.js");
@@ -71,7 +73,7 @@ async fn upgrade(State(state): State<AppState>, req: Request) -> Response {
         )
             .into_response();
     }
-    let ip = crate::limits::request_ip(&state, &req);
+    let ip = crate::http::client_ip::request_ip(&state, &req);
     let (mut parts, _body) = req.into_parts();
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(ws) => ws,
@@ -86,7 +88,7 @@ async fn upgrade(State(state): State<AppState>, req: Request) -> Response {
     ws.max_message_size(64 * 1024)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| session(state, socket, limiter))
+        .on_upgrade(move |socket| session(state, socket, limiter, ip))
 }
 
 /// Whether the page opening the socket may: no `Origin` (not a browser page), an origin in
@@ -154,7 +156,7 @@ struct Visitor {
     thread_key: String,
 }
 
-async fn session(state: AppState, socket: WebSocket, limiter: ChatSocket) {
+async fn session(state: AppState, socket: WebSocket, limiter: ChatSocket, ip: std::net::IpAddr) {
     crate::telemetry::chat_sockets(1);
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<String>(64);
@@ -231,17 +233,13 @@ async fn session(state: AppState, socket: WebSocket, limiter: ChatSocket) {
                             send(&out, json!({"type": "error", "message": "send a hello frame first"})).await;
                             continue;
                         };
-                        match message(&state, v, &text, &client_id).await {
-                            Ok(conv) => conversation = Some(conv),
-                            Err(e) => send(&out, json!({"type": "error", "message": e, "client_id": client_id})).await,
-                        }
-                        if let Some(c) = &conversation {
-                            // The ack says the message is stored.
-                            if let Ok(Some(m)) = state.store.message_by_external_id("webchat", &external_id(v, &client_id)).await
-                                && m.conversation_id == *c
-                            {
-                                send(&out, json!({"type": "ack", "client_id": client_id, "id": m.id})).await;
+                        match message(&state, v, &text, &client_id, ip).await {
+                            Ok((conv, id)) => {
+                                conversation = Some(conv);
+                                // The ack says the message is stored (with its turn).
+                                send(&out, json!({"type": "ack", "client_id": client_id, "id": id})).await;
                             }
+                            Err(e) => send(&out, json!({"type": "error", "message": e, "client_id": client_id})).await,
                         }
                     }
                 }
@@ -331,13 +329,15 @@ async fn hello(
     ))
 }
 
-/// Stores a visitor's message and starts the agent's answer; returns the conversation id.
+/// Stores a visitor's message with its turn and starts the turn at once; returns the
+/// conversation's and the message's ids.
 async fn message(
     state: &AppState,
     v: &Visitor,
     text: &str,
     client_id: &str,
-) -> Result<String, String> {
+    ip: std::net::IpAddr,
+) -> Result<(String, String), String> {
     let text = check_message(text, client_id)?;
     let msg = InboundMessage {
         channel: "webchat".into(),
@@ -354,50 +354,32 @@ async fn message(
         attachments: json!([]),
         meta: json!({}),
     };
-    let outcome = crate::inbox::receive(&state.store, &msg)
-        .await
-        .map_err(|e| {
-            crate::error::internal_message(&crate::error::log_internal(
-                "web chat message could not be stored",
-                &e,
-            ))
-        })?;
-    if outcome.duplicate {
-        return Ok(outcome.conversation_id);
-    }
-    if let Ok(Some(stored)) = state
-        .store
-        .message_by_external_id("webchat", &external_id(v, client_id))
-        .await
-    {
-        state.hub.publish(InboxEvent::Message {
-            conversation_id: outcome.conversation_id.clone(),
-            message: Box::new(stored),
+    let intake = Intake {
+        message: msg,
+        trust: Trust::own_surface().with_requester(Some(format!("ip:{ip}"))),
+        answer: Answer::Agent,
+    };
+    let outcome = crate::inbox::receive(state, intake).await.map_err(|e| {
+        crate::error::internal_message(&crate::error::log_internal(
+            "web chat message could not be stored",
+            &e,
+        ))
+    })?;
+    let ids = (outcome.conversation_id.clone(), outcome.message_id.clone());
+    if !outcome.duplicate {
+        // The answer reaches the socket as a live event; the turn is durable, so a crash from
+        // here on leaves it to the job worker.
+        let state = state.clone();
+        tokio::spawn(async move {
+            match crate::inbox::turn::answer_now(&state, &outcome).await {
+                // Another worker holds the turn: its answer is published like this one's.
+                Ok(_) | Err(crate::inbox::TurnError::TimedOut) => {}
+                Err(e) => tracing::warn!(error = %e, conversation = %outcome.conversation_id,
+                    "a web chat turn failed; the job worker retries it"),
+            }
         });
     }
-    let state = state.clone();
-    let conv = outcome.conversation_id.clone();
-    tokio::spawn(async move {
-        let inbound = Inbound {
-            conversation_id: &outcome.conversation_id,
-            message_id: &outcome.message_id,
-            identity_id: Some(&outcome.identity_id),
-            channel: "webchat",
-            text: &msg.text,
-            sender_email: None,
-            sender_verified: false,
-            sender_email_is_claim: false,
-            confirms_writes: true,
-            identity_linkable: true,
-            requester: None,
-            verify_from_claims: true,
-            vouched_customer: None,
-        };
-        if let Err(e) = super::answer(&state, &inbound).await {
-            tracing::error!(error = format!("{e:#}"), conversation = %outcome.conversation_id, "web chat answer failed");
-        }
-    });
-    Ok(conv)
+    Ok(ids)
 }
 
 /// A visitor's message text, trimmed, if it and its `client_id` are acceptable; else why not.

@@ -269,7 +269,11 @@ fn unloaded_count(requests: usize) -> usize {
 
 /// Where a signed order read spends its server time, measured in process, one at a time:
 /// checking the signature and token, the token's checks plus the tool, and the tool alone.
-async fn in_process(state: &crate::app::AppState, signer: &Signer, n: usize) -> anyhow::Result<()> {
+async fn in_process(
+    state: &crate::state::AppState,
+    signer: &Signer,
+    n: usize,
+) -> anyhow::Result<()> {
     use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
     use crate::agent::tools::{self, Actor, ToolCall, ToolContext};

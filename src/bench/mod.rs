@@ -2,6 +2,9 @@
 //! sets up its own temporary data dir, prints what it measured and how, and cleans up. Build
 //! with `--release` for figures worth quoting.
 
+pub mod gateway;
+pub mod web;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -100,7 +103,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             conversations,
             messages,
             renders,
-        } => crate::web::bench::run(conversations, messages, renders).await,
+        } => web::run(conversations, messages, renders).await,
         BenchCommand::Import {
             path,
             runs,
@@ -130,7 +133,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             path,
             requests,
             concurrency,
-        } => crate::gateway::bench::run(&path, requests, concurrency).await,
+        } => gateway::run(&path, requests, concurrency).await,
     }
 }
 

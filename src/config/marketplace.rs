@@ -8,7 +8,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use handlebars::Handlebars;
+use p256::ecdsa::VerifyingKey;
+use p256::pkcs8::DecodePublicKey;
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::util::Secret;
 
@@ -110,6 +116,38 @@ pub struct ReplyConfig {
     pub id_pointer: Option<String>,
     #[serde(default = "thirty")]
     pub timeout_secs: u64,
+    /// Attempts before a reply is a dead letter.
+    #[serde(default = "eight")]
+    pub max_attempts: i64,
+    /// Wait before the first retry, in milliseconds (doubling after each further attempt).
+    #[serde(default = "one_second")]
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts, in milliseconds.
+    #[serde(default = "one_hour")]
+    pub retry_max_ms: u64,
+}
+
+impl ReplyConfig {
+    /// How a reply to this marketplace is retried.
+    pub fn retry(&self) -> super::RetryPolicy {
+        super::RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_ms: self.retry_base_ms,
+            max_ms: self.retry_max_ms,
+        }
+    }
+}
+
+fn eight() -> i64 {
+    8
+}
+
+fn one_second() -> u64 {
+    1000
+}
+
+fn one_hour() -> u64 {
+    3_600_000
 }
 
 fn post_name() -> String {
@@ -296,8 +334,7 @@ fn validate(c: &MarketplaceConfig) -> Result<(), String> {
             axum::http::HeaderName::try_from(header.as_str())
                 .map_err(|_| format!("signature.header {header:?} is not a header name"))?;
             for (kid, pem) in public_keys {
-                super::verify::parse_public_key(pem)
-                    .map_err(|e| format!("signature.public_keys.{kid:?}: {e}"))?;
+                parse_public_key(pem).map_err(|e| format!("signature.public_keys.{kid:?}: {e}"))?;
             }
         }
     }
@@ -327,18 +364,92 @@ fn validate(c: &MarketplaceConfig) -> Result<(), String> {
     if !c.reply.url.starts_with("http://") && !c.reply.url.starts_with("https://") {
         return Err(format!("reply.url {:?} is not an http(s) URL", c.reply.url));
     }
+    if c.reply.max_attempts < 1 {
+        return Err(format!(
+            "reply.max_attempts must be at least 1, not {}",
+            c.reply.max_attempts
+        ));
+    }
     if !matches!(c.reply.method.as_str(), "POST" | "PUT" | "PATCH") {
         return Err(format!(
             "reply.method {:?} must be POST, PUT or PATCH",
             c.reply.method
         ));
     }
-    super::outbound::check_body_template(&c.reply.body)?;
+    check_body_template(&c.reply.body)?;
     for name in c.reply.headers.keys() {
         axum::http::HeaderName::try_from(name.as_str())
             .map_err(|_| format!("reply.headers: {name:?} is not a header name"))?;
     }
     Ok(())
+}
+
+/// A P-256 public key from PEM (SubjectPublicKeyInfo), with or without line breaks — eBay's key
+/// API returns it on one line.
+pub fn parse_public_key(pem: &str) -> Result<VerifyingKey, String> {
+    let body: String = pem
+        .replace("-----BEGIN PUBLIC KEY-----", "")
+        .replace("-----END PUBLIC KEY-----", "")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = B64
+        .decode(body)
+        .map_err(|_| "the public key is not base64 PEM".to_string())?;
+    VerifyingKey::from_public_key_der(&der)
+        .map_err(|e| format!("not a P-256 public key (SubjectPublicKeyInfo): {e}"))
+}
+
+/// What a reply template may use.
+#[derive(Debug, Clone)]
+pub struct ReplyVars {
+    pub text: String,
+    pub thread_id: String,
+    pub buyer_id: String,
+    pub order: String,
+}
+
+/// Escapes a value for use inside a JSON string literal.
+fn json_string_escape(s: &str) -> String {
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Renders the body template; the result must be JSON.
+pub fn render_body(template: &str, vars: &ReplyVars) -> Result<String, String> {
+    let mut hbs = Handlebars::new();
+    hbs.set_strict_mode(true);
+    hbs.register_escape_fn(json_string_escape);
+    let data = json!({
+        "text": vars.text,
+        "thread_id": vars.thread_id,
+        "buyer_id": vars.buyer_id,
+        "order": vars.order,
+    });
+    let body = hbs
+        .render_template(template, &data)
+        .map_err(|e| format!("reply.body does not render: {e}"))?;
+    serde_json::from_str::<Value>(&body)
+        .map_err(|e| format!("reply.body does not render to JSON: {e}"))?;
+    Ok(body)
+}
+
+/// Checks a body template at load time (with awkward sample values).
+pub fn check_body_template(template: &str) -> Result<(), String> {
+    render_body(
+        template,
+        &ReplyVars {
+            text: "a \"quoted\"\nline \\ with </script>".into(),
+            thread_id: "t-1".into(),
+            buyer_id: "b-1".into(),
+            order: String::new(),
+        },
+    )
+    .map(|_| ())
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{identity, tokens};
 use crate::app;
 use crate::commerce::{format_minor, parse_minor};
+use crate::gateway::{identity, tokens};
 use crate::store::Store;
 use crate::util::{now_ms, rfc3339};
 

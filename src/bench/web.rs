@@ -36,7 +36,7 @@ pub async fn run(conversations: usize, messages: usize, renders: usize) -> anyho
             "bench@example.com",
             Some("Bench"),
             "admin",
-            &super::hash_password(&random_token(16))?,
+            &crate::web::hash_password(&random_token(16))?,
         )
         .await?;
     let token = random_token(32);
@@ -71,7 +71,7 @@ pub async fn run(conversations: usize, messages: usize, renders: usize) -> anyho
     {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let app = Application::build_with_listener(config.clone(), listener).await?;
-        let router = crate::http::router(app.state().clone());
+        let router = crate::app::router(app.state().clone());
         // The first search indexes every message; time it apart from the renders.
         let t = Instant::now();
         let warm = send(&router, "/inbox?q=warmup", &cookie).await?;

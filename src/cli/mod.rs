@@ -2,6 +2,9 @@
 //! configuration (file, environment, then its flags), does its work through the library, and
 //! exits non-zero with a message that says what went wrong.
 
+pub mod gateway;
+pub mod web;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,12 +74,12 @@ pub enum Command {
     /// Staff accounts for the web inbox.
     Staff {
         #[command(subcommand)]
-        what: crate::web::cli::StaffCommand,
+        what: web::StaffCommand,
     },
     /// Consumer AI agents: keys and capability tokens.
     Agents {
         #[command(subcommand)]
-        what: crate::gateway::cli::AgentsCommand,
+        what: gateway::AgentsCommand,
     },
     /// Email channel tools.
     Email {
@@ -197,8 +200,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out_dir,
         } => export_tau(load_config(file, data_dir)?, &out_dir).await,
         Command::Reindex { data_dir } => reindex_cmd(load_config(file, data_dir)?).await,
-        Command::Staff { what } => crate::web::cli::run(file, what).await,
-        Command::Agents { what } => crate::gateway::cli::run(file, what).await,
+        Command::Staff { what } => web::run(file, what).await,
+        Command::Agents { what } => gateway::run(file, what).await,
         Command::Audit {
             what: AuditCommand::Verify { data_dir },
         } => {
@@ -425,7 +428,7 @@ async fn refresh_index(config: &Config, store: &crate::store::Store) {
         Ok(n) => println!("Search index updated ({n} documents)."),
         Err(e) => {
             match store
-                .enqueue_job(crate::worker::JOB_REINDEX, &serde_json::json!({}), None, 5)
+                .enqueue_job(app::JOB_REINDEX, &serde_json::json!({}), None, 5)
                 .await
             {
                 Ok(_) => println!(

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use super::actions::check_role;
-use super::{hash_password, validate_password};
 use crate::store::Store;
+use crate::web::{check_role, hash_password, validate_password};
 
 #[derive(Debug, Subcommand)]
 pub enum StaffCommand {
