@@ -5,6 +5,7 @@
 //! (that is the brand agent's).
 
 pub mod events;
+pub mod relay;
 
 use crate::store::{InboundMessage, IngestOutcome, Store, StoreError};
 use crate::telemetry;

@@ -779,3 +779,40 @@ impl Store {
         row.as_ref().map(message_from_row).transpose()
     }
 }
+
+impl Store {
+    /// Messages stored at or after `since_ms`, oldest first, at most `limit` (for catching up
+    /// live events another instance published while this one was not listening).
+    pub async fn messages_stored_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Message>> {
+        sqlx::query("SELECT * FROM messages WHERE created_at >= $1 ORDER BY created_at LIMIT $2")
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(message_from_row)
+            .collect()
+    }
+
+    /// Conversations changed at or after `since_ms`, oldest change first, at most `limit`.
+    pub async fn conversations_changed_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Conversation>> {
+        sqlx::query(
+            "SELECT * FROM conversations WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(conversation_from_row)
+        .collect()
+    }
+}

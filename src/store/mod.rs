@@ -9,6 +9,8 @@
 
 mod actions;
 mod agents;
+mod changes;
+pub mod cluster;
 mod commerce;
 mod fast;
 mod inbox;
@@ -33,6 +35,7 @@ pub use agents::{
     AgentKeyRecord, AgentRecord, DelegationCode, IdempotencyClaim, KeyLookup, NewDelegationCode,
     TokenRecord,
 };
+pub use changes::{ChangeKind, RETAIN_MS as SEARCH_CHANGES_RETAIN_MS, SearchChange};
 pub use commerce::{ImportCounts, StoreCounts};
 pub use inbox::{
     AuthorKind, Conversation, ConversationStatus, ConversationView, Direction, Escalation,

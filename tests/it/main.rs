@@ -9,6 +9,7 @@ mod agent;
 mod api;
 mod browser;
 mod cli;
+mod cluster;
 mod email;
 mod fuzz;
 mod gateway;
