@@ -380,7 +380,6 @@ async fn apply_orders(store: &Store, mut batch: ImportBatch) -> Result<Outcome, 
                 "the stored copy of {} is newer than this webhook's",
                 numbers.join(", ")
             )),
-            ..Outcome::default()
         });
     }
     let wanted: std::collections::HashSet<&str> = fresh

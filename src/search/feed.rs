@@ -198,6 +198,11 @@ impl Follower {
             self.apply(&changes).await?;
             self.indexer.record_position(last).await?;
             self.position = Some(last);
+            tracing::debug!(
+                changes = changes.len(),
+                position = last,
+                "search index applied changes"
+            );
         }
     }
 
