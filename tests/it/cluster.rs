@@ -450,6 +450,161 @@ async fn leadership_is_exclusive_and_passes_on_when_the_leader_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_comes_back_when_its_connection_is_killed() {
+    use concierge::store::cluster::Notice;
+    let Some(url) = fresh_postgres().await else {
+        eprintln!("skipped: TEST_DATABASE_URL is not set");
+        return;
+    };
+    let store = Store::connect(&url, 4).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (listener, task) = store
+        .listen(&["cluster_test"], stop.clone())
+        .await
+        .expect("PostgreSQL listens");
+    // The next notice, from a subscription taken now (before what should cause it).
+    let next = || {
+        let mut rx = listener.subscribe();
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a notice within 5 s")
+                .unwrap()
+        }
+    };
+    let waiting = next();
+    store.notify("cluster_test", "one").await.unwrap();
+    assert_eq!(
+        waiting.await,
+        Notice::Notification {
+            channel: "cluster_test".into(),
+            payload: "one".into()
+        }
+    );
+
+    // The server drops the listening connection: it is re-opened, subscribers are told to
+    // re-read, and notifications flow again.
+    let before = concierge::util::now_ms();
+    let waiting = next();
+    let killed = sqlx::query(
+        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(killed.len(), 1, "one listening connection");
+    match waiting.await {
+        Notice::Resumed { lost_at } => {
+            assert!(lost_at <= concierge::util::now_ms() && lost_at > before - 60_000)
+        }
+        other => panic!("expected Resumed, got {other:?}"),
+    }
+    let waiting = next();
+    store.notify("cluster_test", "two").await.unwrap();
+    assert_eq!(
+        waiting.await,
+        Notice::Notification {
+            channel: "cluster_test".into(),
+            payload: "two".into()
+        }
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_missed_while_not_listening_is_caught_up() {
+    use concierge::inbox::events::InboxEvent;
+    use concierge::store::{AuthorKind, Direction, NewMessage};
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let a = cluster.instance(|_| {}).await;
+    let b = cluster.instance(|_| {}).await;
+    add_staff(&a, "ana@example.com", "agent").await;
+    let (status, body) = b
+        .post_message(json!({"thread": "cluster-gap", "text": "Do you ship to Canada?"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let conv = body["conversation_id"].as_str().unwrap().to_string();
+    let ana = login(&a, "ana@example.com").await;
+    let mut events = ana
+        .client
+        .get(a.url("/inbox/events"))
+        .header("cookie", format!("concierge_staff={}", ana.cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+
+    // No new connections to the database, and the listening ones dropped: the instances keep
+    // their pools' open connections but cannot listen again yet.
+    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
+    let admin = Store::connect(&admin_url, 1).await.unwrap();
+    let db = cluster.url.rsplit('/').next().unwrap().to_string();
+    let allow =
+        |yes: bool| sqlx::AssertSqlSafe(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS {yes}"));
+    sqlx::query(allow(false))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let killed = sqlx::query(
+        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
+         WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(db.as_str())
+    .fetch_all(admin.pool())
+    .await
+    .unwrap();
+    assert_eq!(killed.len(), 2, "each instance's listening connection");
+
+    // Meanwhile a staff member answers through B: its notification reaches nobody on A.
+    let message = b
+        .store()
+        .append_message(
+            &conv,
+            &NewMessage {
+                direction: Direction::Outbound,
+                author_kind: AuthorKind::Staff,
+                author_id: Some("staff-b".into()),
+                text: "Yes, we ship to Canada.".into(),
+                html: None,
+                meta: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    b.state.hub.publish(InboxEvent::Message {
+        conversation_id: conv.clone(),
+        message: Box::new(message.clone()),
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sqlx::query(allow(true))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+
+    // Listening again, A re-reads what was stored meanwhile and its stream shows it.
+    let wanted = format!("\"seq\":{}", message.seq);
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = events.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains(&conv) && seen.contains(&wanted) && seen.contains("staff") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "{seen}");
+    admin.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_polls_telegram_and_another_takes_over_when_it_stops() {
     let Some(cluster) = Cluster::new().await else {
         return;
