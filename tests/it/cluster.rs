@@ -1,9 +1,11 @@
 //! Several instances on one PostgreSQL database (run when `TEST_DATABASE_URL` is set): live
-//! events cross instances (an inbox event stream and a web chat socket on A see what B stored),
+//! events cross instances (an inbox event stream and a web chat socket on A see what B stored,
+//! also when A was not listening at the time), the listening connection comes back when dropped,
 //! the search index on A follows writes made through B (deletes included), the conversation
-//! lock admits one holder across connection pools, one instance polls Telegram and another takes
-//! over when it stops, and an instance with another service key refuses to start. The search
-//! feed is also checked on one instance on both databases.
+//! lock admits one holder across connection pools, leadership passes on when its holder dies,
+//! one instance polls Telegram and another takes over when it stops, and an instance with
+//! another service key refuses to start. The search feed (following, pruning, rebuilding an
+//! index left behind) is also checked on one instance on both databases.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -823,3 +825,74 @@ async fn search_follows_the_store(db: Db) {
     app.stop().await;
 }
 on_both!(search_follows_the_store);
+
+/// The feed keeps its newest row when pruned, and an index whose position the pruning passed
+/// (or that is ahead of the feed, or has no position) is rebuilt at start.
+async fn the_feed_is_pruned_and_an_index_behind_it_rebuilds(db: Db) {
+    use concierge::search::SearchIndex;
+    use concierge::search::feed::must_rebuild;
+    let dir = tempfile::tempdir().unwrap();
+    let store = match db {
+        Db::Sqlite => Store::open(dir.path(), None, 2).await.unwrap(),
+        Db::Postgres => match fresh_postgres().await {
+            Some(url) => Store::connect(&url, 2).await.unwrap(),
+            None => return,
+        },
+    };
+    let batch = concierge::import::shopify::parse_products(
+        "product",
+        &fixture("shopify_python_api__product.json"),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        store.put_product(&batch.products[0]).await.unwrap();
+    }
+    let (oldest, newest) = store.search_changes_bounds().await.unwrap();
+    let (oldest, newest) = (oldest.unwrap(), newest.unwrap());
+    assert_eq!(newest - oldest, 2, "one row per write");
+    let changes = store.search_changes_after(oldest, 10).await.unwrap();
+    assert_eq!(changes.len(), 2);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.key == "shopify-632910392" && !c.deleted)
+    );
+
+    let at = |position: Option<i64>| {
+        let index = SearchIndex::open_in_ram().unwrap();
+        index
+            .rebuild_at(std::iter::empty(), position, |_| {})
+            .unwrap();
+        assert_eq!(index.feed_position(), position);
+        index
+    };
+    let current = at(Some(newest));
+    let behind = at(Some(oldest));
+    assert!(!must_rebuild(&store, &current).await.unwrap());
+    assert!(!must_rebuild(&store, &behind).await.unwrap());
+    assert!(
+        must_rebuild(&store, &at(None)).await.unwrap(),
+        "no position"
+    );
+    assert!(
+        must_rebuild(&store, &at(Some(newest + 5))).await.unwrap(),
+        "ahead of the feed: another database"
+    );
+
+    let pruned = store
+        .prune_search_changes(concierge::util::now_ms() + 1)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2, "all but the newest row");
+    assert_eq!(
+        store.search_changes_bounds().await.unwrap(),
+        (Some(newest), Some(newest))
+    );
+    assert!(!must_rebuild(&store, &current).await.unwrap());
+    assert!(
+        must_rebuild(&store, &behind).await.unwrap(),
+        "rows after its position were pruned"
+    );
+    store.close().await;
+}
+on_both!(the_feed_is_pruned_and_an_index_behind_it_rebuilds);
