@@ -41,6 +41,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const SILENCE_LIMIT: Duration = Duration::from_secs(20);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest pause between two tries of a held advisory lock.
+pub const LOCK_RETRY_MAX: Duration = Duration::from_millis(50);
 /// A leader checks its connection this often; a follower tries to take over this often.
 const LEADER_CHECK: Duration = Duration::from_secs(1);
 /// A leader whose connection does not answer within this long steps down.
@@ -206,17 +208,17 @@ impl Store {
 
     /// Waits for the advisory lock named `name` and holds it in a transaction of its own
     /// (one pooled connection) until the returned guard is released or dropped. PostgreSQL only.
+    /// A waiter holds no connection while it waits (it retries every few milliseconds, up to
+    /// [`LOCK_RETRY_MAX`]), so many waiters cannot starve the pool the holder needs.
     pub async fn xact_lock(&self, name: &str) -> StoreResult<XactLock> {
-        if self.backend != Backend::Postgres {
-            return Err(not_postgres("an advisory lock"));
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if let Some(lock) = self.try_xact_lock(name).await? {
+                return Ok(lock);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LOCK_RETRY_MAX);
         }
-        let key = lock_key(name);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        Ok(XactLock { tx, key })
     }
 
     /// Takes the advisory lock named `name` if nobody holds it; None when someone does.

@@ -278,7 +278,7 @@ async fn the_conversation_lock_admits_one_holder_across_pools() {
         return;
     };
     let one = Store::connect(&url, 8).await.unwrap();
-    let two = Store::connect(&url, 8).await.unwrap();
+    let two = Store::connect(&url, 4).await.unwrap();
 
     let held = one.lock_conversation_pg("cnv_1").await.unwrap();
     assert!(
@@ -306,6 +306,25 @@ async fn the_conversation_lock_admits_one_holder_across_pools() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "the second holder waits");
+    // Waiters hold no connection: many of them leave the pool free for other work.
+    let many: Vec<_> = (0..12)
+        .map(|_| {
+            let two = two.clone();
+            tokio::spawn(async move {
+                two.lock_conversation_pg("cnv_1")
+                    .await
+                    .unwrap()
+                    .release()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(2), two.ping())
+        .await
+        .expect("the pool is not exhausted by waiters")
+        .unwrap();
     let released = Instant::now();
     held.release().await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(2), waiter)
@@ -313,6 +332,12 @@ async fn the_conversation_lock_admits_one_holder_across_pools() {
         .expect("the waiter gets the lock once released")
         .unwrap();
     assert!(got.duration_since(released) < Duration::from_secs(1));
+    for w in many {
+        tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("every waiter gets its turn")
+            .unwrap();
+    }
 
     // A dropped guard releases too (its transaction rolls back).
     drop(one.lock_conversation_pg("cnv_1").await.unwrap());

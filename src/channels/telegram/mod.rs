@@ -36,8 +36,9 @@ pub fn routes() -> Router<AppState> {
     Router::new().route(WEBHOOK_PATH, post(webhook::receive))
 }
 
-/// Starts long polling when the channel is configured for it (on one instance at a time). In webhook mode, registers the
-/// webhook with Telegram when `[server] public_url` is set (in the background) and returns None.
+/// Starts long polling when the channel is configured for it (on one instance at a time). In
+/// webhook mode, registers the webhook with Telegram when `[server] public_url` is set (in the
+/// background) and returns None.
 pub fn spawn(state: &AppState, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
     let cfg = &state.config.telegram;
     cfg.token.as_ref()?;
