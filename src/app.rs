@@ -32,6 +32,12 @@ use crate::store::{Job, Store};
 use crate::util::{Secret, random_token};
 use crate::worker::{self, Handlers, JobError, JobFuture};
 
+/// Notification channels each instance listens on (PostgreSQL).
+const CLUSTER_CHANNELS: [&str; 2] = [
+    crate::store::cluster::EVENTS_CHANNEL,
+    crate::store::cluster::SEARCH_CHANNEL,
+];
+
 pub use crate::state::AppState;
 
 /// Rebuild the search index from the database (queued by `concierge import` while the server
@@ -82,7 +88,7 @@ impl Application {
             .context("cannot load the brand policy")?;
         let api_key = api_key(&config, &store).await?;
         let search = open_index(&config.data_dir)?;
-        if search.needs_rebuild() || (search.num_docs() == 0 && store.counts().await?.orders > 0) {
+        if search::feed::must_rebuild(&store, &search).await? {
             let n = rebuild_index(&store, &search, &config.brand.dir).await?;
             tracing::info!(documents = n, "search index rebuilt from the database");
         }
@@ -173,6 +179,17 @@ impl Application {
         let stop = CancellationToken::new();
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
 
+        // Several instances on PostgreSQL: live events and the search feed's wake-ups.
+        let notices = state.store.listen(&CLUSTER_CHANNELS, stop.clone()).await;
+        let listening = notices.as_ref().map(|(l, _)| l);
+        let relay = crate::inbox::relay::spawn(&state.store, &state.hub, listening, stop.clone());
+        let feed = search::feed::spawn(
+            &state.store,
+            &state.search,
+            &state.indexer,
+            listening,
+            stop.clone(),
+        );
         let worker = tokio::spawn(worker::run(state.clone(), job_handlers(), stop.clone()));
         let telegram = crate::channels::telegram::spawn(&state, stop.clone());
         let metrics = metrics_listener.map(|l| {
@@ -221,6 +238,10 @@ impl Application {
         }
         if let Some(m) = metrics {
             let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
+        }
+        let cluster_tasks = [Some(feed), relay, notices.map(|(_, t)| t)];
+        for task in cluster_tasks.into_iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         if let Err(e) = state.indexer.clone().shutdown().await {
             tracing::warn!(error = %e, "search index writer did not shut down cleanly");
@@ -303,7 +324,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             ),
         })?;
     // The service key signs the audit log's head and roots the agents' capability tokens.
-    let key = crate::gateway::identity::service_key(&config.data_dir)?;
+    let key = crate::gateway::identity::checked_service_key(config, &store).await?;
     crate::files::secure_files(&config.data_dir)?;
     Ok(store.with_audit_signer(key))
 }
@@ -335,27 +356,7 @@ pub async fn api_key(config: &Config, store: &Store) -> anyhow::Result<Secret> {
 
 /// Every document the search index holds, read from the database and the brand folder.
 pub async fn index_documents(store: &Store, brand_dir: &Path) -> anyhow::Result<Vec<IndexDoc>> {
-    let customers = store.all_customers().await?;
-    let by_id: std::collections::HashMap<&str, &crate::commerce::Customer> =
-        customers.iter().map(|c| (c.id.as_str(), c)).collect();
-    let mut docs = Vec::new();
-    for order in store.all_orders().await? {
-        let customer = order.customer_id.as_deref().and_then(|id| by_id.get(id));
-        docs.push(IndexDoc::Order {
-            customer_name: customer.map(|c| c.full_name()),
-            customer_emails: customer.map(|c| c.emails.clone()).unwrap_or_default(),
-            order,
-        });
-    }
-    for product in store.all_products().await? {
-        docs.push(IndexDoc::Product(product));
-    }
-    for chunk in search::load_policy_dir(&brand_dir.join("policies"))
-        .context("cannot read the brand's policy texts")?
-    {
-        docs.push(IndexDoc::Policy(chunk));
-    }
-    Ok(docs)
+    search::feed::documents(store, brand_dir).await
 }
 
 /// Rebuilds the whole index from the database (no writer task may be running on it).
@@ -373,15 +374,7 @@ pub async fn rebuild_index_with_progress(
     brand_dir: &Path,
     progress: impl FnMut(u64, u64) + Send + 'static,
 ) -> anyhow::Result<u64> {
-    let docs = index_documents(store, brand_dir).await?;
-    let total = docs.len() as u64;
-    let index = index.clone();
-    let mut progress = progress;
-    let n = tokio::task::spawn_blocking(move || {
-        index.rebuild(docs.into_iter(), |n| progress(n, total))
-    })
-    .await??;
-    Ok(n)
+    search::feed::rebuild(store, index, brand_dir, progress).await
 }
 
 /// Brings the index of a running server up to date with the database, through its writer task

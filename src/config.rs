@@ -81,6 +81,10 @@ pub struct ServerConfig {
     /// Peers (IP addresses or CIDR ranges) whose `X-Forwarded-For` names the client's address.
     /// Empty: the connecting address is the client's.
     pub trusted_proxies: Vec<String>,
+    /// The service's Ed25519 key (PKCS#8 PEM) when it is not `<data_dir>/service_key.pem`:
+    /// instances sharing a database must share one key (`CONCIERGE_SERVICE_KEY_FILE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 20,
             allowed_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
+            service_key_file: None,
         }
     }
 }
@@ -650,7 +655,7 @@ fn merge_channel_files(table: &mut toml::Table) -> Result<(), ConfigError> {
 }
 
 /// Overlays `CONCIERGE_<SECTION>__<KEY>` (and the shorthands `CONCIERGE_API_KEY`,
-/// `CONCIERGE_DATA_DIR`, `DATABASE_URL`) onto the parsed file.
+/// `CONCIERGE_DATA_DIR`, `CONCIERGE_SERVICE_KEY_FILE`, `DATABASE_URL`) onto the parsed file.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -664,6 +669,7 @@ fn apply_env(
             "DATABASE_URL" => vec!["database".into(), "url".into()],
             "CONCIERGE_API_KEY" => vec!["api".into(), "key".into()],
             "CONCIERGE_DATA_DIR" => vec!["data_dir".into()],
+            "CONCIERGE_SERVICE_KEY_FILE" => vec!["server".into(), "service_key_file".into()],
             _ => match var.strip_prefix("CONCIERGE_") {
                 Some(rest) if rest.contains("__") => {
                     rest.split("__").map(|p| p.to_ascii_lowercase()).collect()
@@ -835,5 +841,31 @@ mod tests {
             c.database_url().map(Secret::expose),
             Some("postgres://u@h/db")
         );
+    }
+
+    #[test]
+    fn service_key_file_from_env_or_file() {
+        let c = Config::load(
+            None,
+            env(&[("CONCIERGE_SERVICE_KEY_FILE", "/run/secrets/key.pem")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.service_key_file.as_deref(),
+            Some(Path::new("/run/secrets/key.pem"))
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("concierge.toml");
+        std::fs::write(
+            &file,
+            "[server]\nservice_key_file = \"/etc/concierge/key.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            c.server.service_key_file.as_deref(),
+            Some(Path::new("/etc/concierge/key.pem"))
+        );
+        assert_eq!(Config::default().server.service_key_file, None);
     }
 }

@@ -281,7 +281,9 @@ impl Agent {
                     author_id: None,
                     text: outcome.reply.clone(),
                     html: None,
-                    meta: json!({"in_reply_to": inbound.message_id, "resolution": resolution_json(&outcome)}),
+                    // When this turn began (it holds the conversation lock from before then until
+                    // after this message is stored): turns of one conversation never overlap.
+                    meta: json!({"in_reply_to": inbound.message_id, "turn_started_at": now, "resolution": resolution_json(&outcome)}),
                 },
                 Some(inbound.message_id),
                 inbound.deliver,

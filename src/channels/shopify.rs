@@ -1,5 +1,6 @@
-//! Shopify webhooks: `POST /channels/shopify/webhooks` keeps the store and the search index
-//! current as orders, fulfilments, refunds, customers and products change in the shop. Each
+//! Shopify webhooks: `POST /channels/shopify/webhooks` keeps the store current as orders,
+//! fulfilments, refunds, customers and products change in the shop (or are deleted there); the
+//! search index follows the store's change feed (`crate::search::feed`). Each
 //! delivery is authenticated by `X-Shopify-Hmac-Sha256` over the raw body bytes (before any
 //! parsing, compared in constant time), parsed with the same Shopify parsers as
 //! `concierge import`, applied once per `X-Shopify-Webhook-Id`, and only then acknowledged.
@@ -30,9 +31,8 @@ use crate::commerce::{Fulfillment, Order, OrderStatus, PaymentEntry, PaymentKind
 use crate::error::{ApiError, BodyLimit};
 use crate::import::ImportBatch;
 use crate::import::shopify::{
-    parse_customers, parse_fulfillment, parse_orders, parse_products, parse_refund,
+    parse_customers, parse_deleted, parse_fulfillment, parse_orders, parse_products, parse_refund,
 };
-use crate::search::IndexDoc;
 use crate::state::AppState;
 use crate::store::{Store, StoreError};
 use crate::util::{constant_time_eq, now_ms};
@@ -125,9 +125,6 @@ async fn webhook(
         (None, _) => {}
     }
     drop(guard);
-    if outcome.skipped.is_none() {
-        reindex(&state, &outcome).await;
-    }
 
     let mut out = json!({
         "topic": topic,
@@ -274,14 +271,15 @@ pub(crate) enum Parsed {
     Refund(Refund),
     Customers(ImportBatch),
     Products(ImportBatch),
+    /// `orders/delete`: the order's id as stored.
+    OrderDeleted(String),
+    /// `products/delete`: the product's id as stored.
+    ProductDeleted(String),
 }
 
-/// What an apply touched (for the index and the reply), or why it wrote nothing.
+/// What an apply touched (for the reply), or why it wrote nothing.
 #[derive(Default)]
 struct Outcome {
-    order_ids: Vec<String>,
-    customer_ids: Vec<String>,
-    product_ids: Vec<String>,
     order_number: Option<String>,
     skipped: Option<String>,
 }
@@ -312,6 +310,12 @@ impl Parsed {
             "products/create" | "products/update" => {
                 Parsed::Products(parse_products(&label, body).map_err(unprocessable)?)
             }
+            "orders/delete" => Parsed::OrderDeleted(
+                parse_deleted(&label, body, "order", "orders").map_err(unprocessable)?,
+            ),
+            "products/delete" => Parsed::ProductDeleted(
+                parse_deleted(&label, body, "product", "products").map_err(unprocessable)?,
+            ),
             _ => return Ok(None),
         }))
     }
@@ -337,17 +341,20 @@ impl Parsed {
             }
             Parsed::Customers(batch) => {
                 store.import(&batch.customers, &[], &[], |_| {}).await?;
-                Ok(Outcome {
-                    customer_ids: batch.customers.into_iter().map(|c| c.id).collect(),
-                    ..Outcome::default()
-                })
+                Ok(Outcome::default())
             }
             Parsed::Products(batch) => {
                 store.import(&[], &batch.products, &[], |_| {}).await?;
-                Ok(Outcome {
-                    product_ids: batch.products.into_iter().map(|p| p.id).collect(),
-                    ..Outcome::default()
-                })
+                Ok(Outcome::default())
+            }
+            // Deleting what is not here changes nothing and is done: the shop no longer has it.
+            Parsed::OrderDeleted(id) => Ok(Outcome {
+                order_number: store.delete_order(&id).await?,
+                ..Outcome::default()
+            }),
+            Parsed::ProductDeleted(id) => {
+                store.delete_product(&id).await?;
+                Ok(Outcome::default())
             }
         }
     }
@@ -373,7 +380,6 @@ async fn apply_orders(store: &Store, mut batch: ImportBatch) -> Result<Outcome, 
                 "the stored copy of {} is newer than this webhook's",
                 numbers.join(", ")
             )),
-            ..Outcome::default()
         });
     }
     let wanted: std::collections::HashSet<&str> = fresh
@@ -384,7 +390,6 @@ async fn apply_orders(store: &Store, mut batch: ImportBatch) -> Result<Outcome, 
     store.import(&batch.customers, &[], &fresh, |_| {}).await?;
     Ok(Outcome {
         order_number: fresh.first().map(|o| o.number.clone()),
-        order_ids: fresh.into_iter().map(|o| o.id).collect(),
         ..Outcome::default()
     })
 }
@@ -401,7 +406,6 @@ fn missing_order(order_id: &str) -> Outcome {
 fn touched_order(order: Order) -> Outcome {
     Outcome {
         order_number: Some(order.number),
-        order_ids: vec![order.id],
         ..Outcome::default()
     }
 }
@@ -444,50 +448,6 @@ fn add_refund(order: &mut Order, refund: Refund) {
         created_at: refund.created_at,
     });
     order.refunds.push(refund);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Search index
-
-/// Re-indexes what an apply touched. The store is the record: an index failure is logged, not
-/// reported to Shopify (a retry would be a duplicate and change nothing).
-async fn reindex(state: &AppState, outcome: &Outcome) {
-    if let Err(e) = try_reindex(state, outcome).await {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "could not index a Shopify webhook's records"
-        );
-    }
-}
-
-async fn try_reindex(state: &AppState, outcome: &Outcome) -> anyhow::Result<()> {
-    let mut orders = Vec::new();
-    for id in &outcome.order_ids {
-        orders.extend(state.store.get_order(id).await?);
-    }
-    for id in &outcome.customer_ids {
-        orders.extend(state.store.list_customer_orders(id).await?);
-    }
-    for order in orders {
-        let customer = match &order.customer_id {
-            Some(id) => state.store.get_customer(id).await?,
-            None => None,
-        };
-        state
-            .indexer
-            .upsert(IndexDoc::Order {
-                customer_name: customer.as_ref().map(|c| c.full_name()),
-                customer_emails: customer.map(|c| c.emails).unwrap_or_default(),
-                order,
-            })
-            .await?;
-    }
-    for id in &outcome.product_ids {
-        if let Some(p) = state.store.get_product(id).await? {
-            state.indexer.upsert(IndexDoc::Product(p)).await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

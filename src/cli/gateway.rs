@@ -355,7 +355,7 @@ pub async fn run(config_file: Option<&Path>, command: AgentsCommand) -> anyhow::
                 None => None,
             };
             let config = crate::cli::load_config(config_file, data_dir)?;
-            let key = identity::service_key(&config.data_dir)?;
+            let key = identity::configured_service_key(&config)?;
             let root = tokens::root_public_key(&key).map_err(|e| anyhow::anyhow!("{e}"))?;
             let ops = (!ops.is_empty()).then_some(ops);
             let narrowed = tokens::attenuate(&token, &root, ops.as_deref(), limit, expires_at)

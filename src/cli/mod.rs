@@ -417,8 +417,8 @@ async fn import_cmd(config: Config, kind: ImportKind, path: &Path) -> anyhow::Re
     Ok(())
 }
 
-/// After an import: update the index directly, or — when a running server holds it — queue a
-/// reindex job for that server.
+/// After an import: update the index directly when no server holds it. A running server's
+/// index follows the database's change feed, which the import wrote to.
 async fn refresh_index(config: &Config, store: &crate::store::Store) {
     let attempt = async {
         let index = app::open_index(&config.data_dir)?;
@@ -426,19 +426,9 @@ async fn refresh_index(config: &Config, store: &crate::store::Store) {
     };
     match attempt.await {
         Ok(n) => println!("Search index updated ({n} documents)."),
-        Err(e) => {
-            match store
-                .enqueue_job(app::JOB_REINDEX, &serde_json::json!({}), None, 5)
-                .await
-            {
-                Ok(_) => println!(
-                    "The search index is in use ({e:#}); the running server will update it shortly."
-                ),
-                Err(q) => eprintln!(
-                    "warning: could not update the search index ({e:#}) nor queue it ({q}); run `concierge reindex`"
-                ),
-            }
-        }
+        Err(e) => println!(
+            "The search index is in use ({e:#}); the running server's index follows the import within seconds."
+        ),
     }
 }
 

@@ -127,6 +127,47 @@ pub fn service_key(data_dir: &Path) -> anyhow::Result<SigningKey> {
     }
 }
 
+/// The service key this process uses: `[server] service_key_file` when set (every instance
+/// sharing a database points it at the same key), else the data dir's, made on first use.
+pub fn configured_service_key(config: &crate::config::Config) -> anyhow::Result<SigningKey> {
+    match &config.server.service_key_file {
+        Some(path) => {
+            read_private_key(path).map_err(|e| anyhow::anyhow!("[server] service_key_file: {e:#}"))
+        }
+        None => service_key(&config.data_dir),
+    }
+}
+
+/// The configured service key, checked against the database: the first start records its
+/// public half there, and a process whose key differs (another instance's own key, a lost key
+/// file) is refused, since the audit log's head and the tokens issued were signed with the
+/// recorded one.
+pub async fn checked_service_key(
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+) -> anyhow::Result<SigningKey> {
+    let key = configured_service_key(config)?;
+    let mine = encode_public_key(&key.verifying_key());
+    let recorded = store.adopt_service_key(&mine).await?;
+    if recorded != mine {
+        let source = match &config.server.service_key_file {
+            Some(path) => path.display().to_string(),
+            None => service_key_path(&config.data_dir).display().to_string(),
+        };
+        let recorded_id = parse_public_key(&recorded)
+            .map(|k| key_id(&k))
+            .unwrap_or(recorded);
+        anyhow::bail!(
+            "the service key in {source} (key id {}) is not the key this database was started \
+             with (key id {recorded_id}). Every instance sharing a database must use the same \
+             key: copy the first instance's service_key.pem and point [server] \
+             service_key_file (or CONCIERGE_SERVICE_KEY_FILE) at it",
+            key_id(&key.verifying_key())
+        );
+    }
+    Ok(key)
+}
+
 /// Writes `key` as a PKCS#8 PEM file readable by the owner only (an existing file is kept).
 pub fn write_private_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
     let pem = key

@@ -65,6 +65,22 @@ pub fn parse_fulfillment(file: &str, bytes: &[u8]) -> Result<(String, Fulfillmen
     Ok((prefixed(order_id), fulfillment(&raw)))
 }
 
+/// Parses an `orders/delete` or `products/delete` body (`{"id": 450789469}`): the id of the
+/// record as stored (`shopify-450789469`). `singular`/`plural` name the record ("order").
+pub fn parse_deleted(
+    file: &str,
+    bytes: &[u8],
+    singular: &str,
+    plural: &str,
+) -> Result<String, ImportError> {
+    #[derive(Deserialize)]
+    struct RawDeleted {
+        id: Id,
+    }
+    let raw: RawDeleted = parse_one(file, bytes, singular, plural)?;
+    Ok(prefixed(&raw.id))
+}
+
 /// Parses a `refunds/create` body. Its currency is the refund transactions' (else USD).
 pub fn parse_refund(file: &str, bytes: &[u8]) -> Result<Refund, ImportError> {
     let raw: RawRefund = parse_one(file, bytes, "refund", "refunds")?;

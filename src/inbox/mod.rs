@@ -15,6 +15,7 @@
 //! It does not parse channel payloads (each channel adapter's job), decide answers (the brand
 //! agent's) or send them (the outbox's, `channels::outbox`).
 
+pub mod relay;
 pub mod reply;
 pub mod trust;
 pub mod turn;

@@ -2,11 +2,15 @@
 //! sections, so the agent and the inbox can find "#W2611340", a tracking number, an email, a
 //! product by its words, or the policy section that answers a shopper's question.
 //!
-//! The database is the source of truth and this index is only a rebuildable copy: this module
-//! never reads or writes the database, and when its on-disk schema is out of date it wipes the
-//! index and says so ([`SearchIndex::needs_rebuild`]) instead of migrating anything. One writer
-//! task ([`SearchIndex::spawn_writer`]) or one bulk [`SearchIndex::rebuild`] writes at a time.
+//! The database is the source of truth and this index is only a rebuildable copy: the index
+//! itself never reads or writes the database, and when its on-disk schema is out of date it
+//! wipes the index and says so ([`SearchIndex::needs_rebuild`]) instead of migrating anything.
+//! One writer task ([`SearchIndex::spawn_writer`]) or one bulk [`SearchIndex::rebuild`] writes
+//! at a time. [`feed`] is the one bridge from the database: it builds documents from the store
+//! and keeps each instance's index following the store's change feed; the feed position the
+//! index reflects is committed with the documents ([`SearchIndex::feed_position`]).
 
+pub mod feed;
 mod policy;
 mod schema;
 mod writer;
@@ -385,6 +389,15 @@ impl SearchIndex {
         Ok(hits)
     }
 
+    /// The search change feed's sequence number this index reflects, as last committed (None
+    /// for a new index, or one built before the index followed the feed).
+    pub fn feed_position(&self) -> Option<i64> {
+        let payload = self.inner.index.load_metas().ok()?.payload?;
+        serde_json::from_str::<FeedPayload>(&payload)
+            .ok()
+            .map(|p| p.search_changes)
+    }
+
     /// Documents visible to `search`.
     pub fn num_docs(&self) -> u64 {
         self.inner.reader.searcher().num_docs()
@@ -399,6 +412,17 @@ impl SearchIndex {
     pub fn rebuild(
         &self,
         docs: impl Iterator<Item = IndexDoc>,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, SearchError> {
+        self.rebuild_at(docs, None, progress)
+    }
+
+    /// [`rebuild`](Self::rebuild), recording that the documents reflect the search change feed
+    /// up to `position` (read before the documents were).
+    pub fn rebuild_at(
+        &self,
+        docs: impl Iterator<Item = IndexDoc>,
+        position: Option<i64>,
         mut progress: impl FnMut(u64),
     ) -> Result<u64, SearchError> {
         let fields = &self.inner.fields;
@@ -416,7 +440,7 @@ impl SearchIndex {
                 progress(n);
             }
         }
-        writer.commit()?;
+        commit_with(&mut writer, position.map(position_payload).as_deref())?;
         writer.wait_merging_threads()?;
         self.inner.reader.reload()?;
         if !n.is_multiple_of(PROGRESS_EVERY) || n == 0 {
@@ -425,6 +449,28 @@ impl SearchIndex {
         self.inner.needs_rebuild.store(false, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+/// What a commit records besides documents.
+#[derive(Serialize, Deserialize)]
+struct FeedPayload {
+    search_changes: i64,
+}
+
+fn position_payload(seq: i64) -> String {
+    serde_json::to_string(&FeedPayload {
+        search_changes: seq,
+    })
+    .unwrap_or_default()
+}
+
+/// Commits, recording `payload` in the index's meta file when given.
+fn commit_with(writer: &mut IndexWriter, payload: Option<&str>) -> tantivy::Result<u64> {
+    let mut prepared = writer.prepare_commit()?;
+    if let Some(p) = payload {
+        prepared.set_payload(p);
+    }
+    prepared.commit()
 }
 
 /// Rebuilds an in-RAM index from `docs` and times it (conversion, indexing, commit and merges).

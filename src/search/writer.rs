@@ -28,6 +28,10 @@ const WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 enum Command {
     Upsert(Box<IndexDoc>),
     Delete(DocKind, String),
+    /// Every document of these kinds replaced by these, in one commit.
+    Replace(Vec<DocKind>, Vec<IndexDoc>),
+    /// The change-feed position the index reflects once what came before is committed.
+    Position(i64),
     Flush(oneshot::Sender<Result<(), SearchError>>),
     Shutdown(oneshot::Sender<Result<(), SearchError>>),
 }
@@ -61,6 +65,19 @@ impl IndexWriterHandle {
     /// Enqueues the removal of a document (no error if there is none).
     pub async fn delete(&self, kind: DocKind, key: &str) -> Result<(), SearchError> {
         self.send(Command::Delete(kind, key.to_string())).await
+    }
+
+    /// Enqueues replacing every document of `kinds` with `docs`. Searches see the old set or
+    /// the new one, never a mix: both sides of the swap go into the same commit.
+    pub async fn replace(&self, kinds: &[DocKind], docs: Vec<IndexDoc>) -> Result<(), SearchError> {
+        self.send(Command::Replace(kinds.to_vec(), docs)).await
+    }
+
+    /// Enqueues recording that the index reflects the search change feed up to `seq`: it is
+    /// committed with everything sent before it, and read back by
+    /// [`SearchIndex::feed_position`](super::SearchIndex::feed_position).
+    pub async fn record_position(&self, seq: i64) -> Result<(), SearchError> {
+        self.send(Command::Position(seq)).await
     }
 
     /// Waits until everything enqueued before this call is committed and visible to `search`.
@@ -114,7 +131,14 @@ pub(crate) fn spawn(index: &SearchIndex) -> IndexWriterHandle {
         .writer_with_options::<TantivyDocument>(options)
     {
         Ok(writer) => {
-            tokio::spawn(run(index.clone(), writer, rx, Arc::clone(&stopped)));
+            let position = index.feed_position();
+            tokio::spawn(run(
+                index.clone(),
+                writer,
+                position,
+                rx,
+                Arc::clone(&stopped),
+            ));
         }
         Err(e) => {
             let err = writer_error(e);
@@ -136,16 +160,20 @@ struct Task {
     deferred: Option<SearchError>,
     /// Why the writer is gone, if it is.
     fatal: Option<String>,
+    /// The feed position every commit records (commits without one would forget it).
+    position: Option<i64>,
 }
 
 async fn run(
     index: SearchIndex,
     writer: IndexWriter,
+    position: Option<i64>,
     mut rx: mpsc::Receiver<Command>,
     stopped: Arc<OnceLock<String>>,
 ) {
     let mut task = Task {
         index,
+        position,
         writer: Some(writer),
         pending: 0,
         first_pending_at: None,
@@ -177,6 +205,11 @@ async fn run(
             }
             Some(Command::Upsert(doc)) => task.upsert(&doc),
             Some(Command::Delete(kind, key)) => task.delete(kind, &key),
+            Some(Command::Replace(kinds, docs)) => task.replace(&kinds, &docs),
+            Some(Command::Position(seq)) => {
+                task.position = Some(seq);
+                task.touch();
+            }
             Some(Command::Flush(reply)) => {
                 let committed = task.commit().await;
                 let result = match task.deferred.take() {
@@ -234,6 +267,26 @@ impl Task {
         self.touch();
     }
 
+    fn replace(&mut self, kinds: &[DocKind], docs: &[IndexDoc]) {
+        let Some(writer) = &self.writer else { return };
+        let fields = &self.index.inner.fields;
+        for kind in kinds {
+            writer.delete_term(Term::from_field_text(fields.kind, kind.as_str()));
+        }
+        let mut failed = None;
+        for doc in docs {
+            if let Err(e) = writer.add_document(to_document(fields, doc)) {
+                tracing::error!(error = %e, kind = doc.kind().as_str(), key = doc.key(), "search index: add failed");
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            self.deferred.get_or_insert(e.into());
+        }
+        self.touch();
+        self.pending += docs.len();
+    }
+
     /// Commits pending changes on the blocking pool and reloads the reader.
     async fn commit(&mut self) -> Result<(), SearchError> {
         if self.pending == 0 {
@@ -248,8 +301,10 @@ impl Task {
             ));
         };
         let reader = self.index.inner.reader.clone();
+        let payload = self.position.map(super::position_payload);
         let joined = tokio::task::spawn_blocking(move || {
-            let result = writer.commit().and_then(|_| reader.reload());
+            let result =
+                super::commit_with(&mut writer, payload.as_deref()).and_then(|_| reader.reload());
             (writer, result)
         })
         .await;

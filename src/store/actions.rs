@@ -35,6 +35,7 @@ use serde_json::{Map, Value, json};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
+use super::changes::{self, Change};
 use super::commerce::{put_exchange, put_refund, put_return};
 use super::{
     Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_json, get_opt_str,
@@ -285,6 +286,7 @@ impl Store {
             .map(|d| d.order.id.clone())
             .or_else(|| Some(order_ref.trim().to_string()));
         let before_json = before.as_ref().map(|d| model_json(&d.order));
+        let mut changed = Vec::new();
         let result = match decision {
             Ok(output) => {
                 let (Some(before), Some(after)) = (before, draft) else {
@@ -293,6 +295,7 @@ impl Store {
                     )));
                 };
                 write_order_change(&mut tx, &before.order, &after.order).await?;
+                changed.push(Change::Order(after.order.number.clone()));
                 let effects = match (&before.customer, &after.customer) {
                     (Some(b), Some(a)) => write_customer_change(&mut tx, b, a, request.at).await?,
                     _ => Vec::new(),
@@ -321,6 +324,7 @@ impl Store {
                 Err((refusal, entry))
             }
         };
+        changes::record(&mut tx, self.backend, &changed).await?;
         tx.commit().await?;
         Ok(result)
     }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
+use super::changes::{self, BULK_CHANGES, Change};
 use super::{
     Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_json, get_opt_str,
     get_str, to_json,
@@ -51,14 +52,22 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut counts = ImportCounts::default();
         let mut done = 0u64;
+        let bulk = customers.len() + products.len() + orders.len() > BULK_CHANGES;
+        let mut changes = if bulk { vec![Change::All] } else { Vec::new() };
         for c in customers {
             put_customer(&mut tx, c).await?;
+            if !bulk {
+                changes.push(Change::CustomerOrders(c.id.clone()));
+            }
             counts.customers += 1;
             done += 1;
             progress(done);
         }
         for p in products {
             put_product(&mut tx, p).await?;
+            if !bulk {
+                changes.push(Change::Product(p.id.clone()));
+            }
             counts.products += 1;
             counts.variants += p.variants.len() as u64;
             done += 1;
@@ -84,11 +93,16 @@ impl Store {
                 }
                 known.insert(cid.clone());
             }
-            put_order(&mut tx, o).await?;
+            let previous = put_order(&mut tx, o).await?;
+            if !bulk {
+                changes.extend(previous.map(Change::OrderGone));
+                changes.push(Change::Order(o.number.clone()));
+            }
             counts.orders += 1;
             done += 1;
             progress(done);
         }
+        changes::record(&mut tx, self.backend, &changes).await?;
         tx.commit().await?;
         Ok(counts)
     }
@@ -96,7 +110,10 @@ impl Store {
     /// Stores one order (insert or replace), in its own transaction.
     pub async fn put_order(&self, order: &Order) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        put_order(&mut tx, order).await?;
+        let previous = put_order(&mut tx, order).await?;
+        let mut changed: Vec<Change> = previous.map(Change::OrderGone).into_iter().collect();
+        changed.push(Change::Order(order.number.clone()));
+        changes::record(&mut tx, self.backend, &changed).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -104,6 +121,8 @@ impl Store {
     pub async fn put_customer(&self, customer: &Customer) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         put_customer(&mut tx, customer).await?;
+        let changed = [Change::CustomerOrders(customer.id.clone())];
+        changes::record(&mut tx, self.backend, &changed).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -111,8 +130,50 @@ impl Store {
     pub async fn put_product(&self, product: &Product) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         put_product(&mut tx, product).await?;
+        let changed = [Change::Product(product.id.clone())];
+        changes::record(&mut tx, self.backend, &changed).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Removes an order and everything hung on it (lines, fulfilments, payments, returns,
+    /// exchanges, refunds), as when the shop deletes it. Returns its number, or None when there
+    /// was no such order. The audit log keeps its entries.
+    pub async fn delete_order(&self, id: &str) -> StoreResult<Option<String>> {
+        let mut tx = self.begin_write().await?;
+        let number = sqlx::query("DELETE FROM orders WHERE id = $1 RETURNING number")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| get_str(&row, "number"))
+            .transpose()?;
+        if let Some(n) = &number {
+            changes::record(&mut tx, self.backend, &[Change::OrderGone(n.clone())]).await?;
+        }
+        tx.commit().await?;
+        Ok(number)
+    }
+
+    /// Removes a product and its variants. False when there was no such product. Orders keep
+    /// their lines (they copy the product's name and options).
+    pub async fn delete_product(&self, id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let gone = sqlx::query("DELETE FROM products WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if gone {
+            changes::record(
+                &mut tx,
+                self.backend,
+                &[Change::ProductGone(id.to_string())],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
     }
 
     pub async fn counts(&self) -> StoreResult<StoreCounts> {
@@ -579,7 +640,15 @@ async fn put_product(conn: &mut AnyConnection, p: &Product) -> StoreResult<()> {
     Ok(())
 }
 
-async fn put_order(conn: &mut AnyConnection, o: &Order) -> StoreResult<()> {
+/// Writes an order; returns the number it had before when this write renumbered it.
+async fn put_order(conn: &mut AnyConnection, o: &Order) -> StoreResult<Option<String>> {
+    let previous = sqlx::query("SELECT number FROM orders WHERE id = $1")
+        .bind(o.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| get_str(&row, "number"))
+        .transpose()?
+        .filter(|n| *n != o.number);
     let taken = sqlx::query("SELECT id FROM orders WHERE number = $1 AND id <> $2")
         .bind(o.number.as_str())
         .bind(o.id.as_str())
@@ -709,7 +778,7 @@ async fn put_order(conn: &mut AnyConnection, o: &Order) -> StoreResult<()> {
     for r in &o.refunds {
         put_refund(conn, r).await?;
     }
-    Ok(())
+    Ok(previous)
 }
 
 pub(crate) async fn put_return(conn: &mut AnyConnection, r: &ReturnRequest) -> StoreResult<()> {

@@ -561,6 +561,14 @@ async fn insert_message(
     in_reply_to: Option<&str>,
     now: i64,
 ) -> StoreResult<i64> {
+    // Lock the conversation's row before reading its last sequence number: two messages stored
+    // into one conversation at once (by two instances on PostgreSQL) take turns here instead of
+    // both picking the same next number; SQLite takes its write lock here.
+    sqlx::query("UPDATE conversations SET last_message_at = $2 WHERE id = $1")
+        .bind(conversation_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     let seq_row = sqlx::query(
         "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM messages WHERE conversation_id = $1",
     )
@@ -861,5 +869,42 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(message_from_row).transpose()
+    }
+}
+
+impl Store {
+    /// Messages stored at or after `since_ms`, oldest first, at most `limit` (for catching up
+    /// live events another instance published while this one was not listening).
+    pub async fn messages_stored_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Message>> {
+        sqlx::query("SELECT * FROM messages WHERE created_at >= $1 ORDER BY created_at LIMIT $2")
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(message_from_row)
+            .collect()
+    }
+
+    /// Conversations changed at or after `since_ms`, oldest change first, at most `limit`.
+    pub async fn conversations_changed_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Conversation>> {
+        sqlx::query(
+            "SELECT * FROM conversations WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(conversation_from_row)
+        .collect()
     }
 }

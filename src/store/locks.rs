@@ -2,7 +2,10 @@
 //! conversation are answered one after the other, each seeing the dialogue state the previous
 //! one left. Held from before the turn reads the state until its reply is stored. This
 //! process's locks live in a map of weak references (an entry goes when nobody holds or waits
-//! for it).
+//! for it). On PostgreSQL, where several instances may share the database, the holder also takes
+//! a transaction-scoped advisory lock on the conversation (see [`super::cluster`]), so no two
+//! instances run turns of one conversation at once; waiting in-process first keeps one instance's
+//! waiters from each holding a database connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -13,6 +16,10 @@ use super::{Store, StoreResult};
 #[derive(Default)]
 pub(super) struct ConversationLocks {
     map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// PostgreSQL: the connections advisory locks are held on, apart from the pool queries use.
+    /// A turn holds its lock's connection for the whole turn while its queries take others; from
+    /// one pool, as many turns as connections would each hold one and wait for another forever.
+    pub(super) shared: tokio::sync::OnceCell<sqlx::AnyPool>,
 }
 
 impl ConversationLocks {
@@ -33,6 +40,8 @@ impl ConversationLocks {
 
 /// A held conversation lock; dropping it lets the next turn of the conversation run.
 pub struct ConversationLock {
+    // Field order is drop order: the database lock goes before the in-process one.
+    _shared: Option<super::cluster::XactLock>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -41,8 +50,15 @@ impl Store {
     /// the returned guard is dropped.
     pub async fn lock_conversation(&self, conversation_id: &str) -> StoreResult<ConversationLock> {
         let lock = self.locks.lock_for(conversation_id);
+        let guard = lock.lock_owned().await;
+        let shared = if self.is_shared() {
+            Some(self.lock_conversation_pg(conversation_id).await?)
+        } else {
+            None
+        };
         Ok(ConversationLock {
-            _guard: lock.lock_owned().await,
+            _shared: shared,
+            _guard: guard,
         })
     }
 }

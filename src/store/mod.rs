@@ -9,7 +9,9 @@
 
 mod actions;
 mod agents;
+mod changes;
 mod channel;
+pub mod cluster;
 mod commerce;
 mod fast;
 mod inbox;
@@ -35,6 +37,7 @@ pub use agents::{
     AgentKeyRecord, AgentRecord, DelegationCode, IdempotencyClaim, KeyLookup, NewDelegationCode,
     TokenRecord,
 };
+pub use changes::{ChangeKind, RETAIN_MS as SEARCH_CHANGES_RETAIN_MS, SearchChange};
 pub use channel::Channel;
 pub use commerce::{ImportCounts, StoreCounts};
 pub use inbox::{
@@ -205,6 +208,9 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        if let Some(locks) = self.locks.shared.get() {
+            locks.close().await;
+        }
         self.pool.close().await;
     }
 

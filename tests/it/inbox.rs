@@ -71,9 +71,9 @@ pub(crate) fn hidden(html: &str, name: &str) -> String {
 
 /// A signed-in staff member over plain HTTP.
 pub(crate) struct Staff {
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     base: String,
-    cookie: String,
+    pub(crate) cookie: String,
     csrf: String,
 }
 
@@ -156,7 +156,7 @@ impl Staff {
     }
 
     /// POSTs a form with the CSRF token; returns (status, Location).
-    async fn post(&self, path: &str, pairs: &[(&str, &str)]) -> (u16, String) {
+    pub(crate) async fn post(&self, path: &str, pairs: &[(&str, &str)]) -> (u16, String) {
         let mut all = vec![("_csrf", self.csrf.as_str())];
         all.extend_from_slice(pairs);
         self.post_raw(path, &all).await

@@ -10,6 +10,7 @@ mod api;
 mod architecture;
 mod browser;
 mod cli;
+mod cluster;
 mod drill;
 mod email;
 mod fuzz;

@@ -11,11 +11,11 @@ use serde_json::Value;
 
 use crate::helpers::{Db, TestApp, shared_data};
 
-const SECRET: &str = "test-app-client-secret";
+pub(crate) const SECRET: &str = "test-app-client-secret";
 const URL: &str = "/channels/shopify/webhooks";
 const ORDER_ID: &str = "shopify-450789469";
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(shared_data(&format!("webhooks/shopify/{name}"))).expect("read fixture")
 }
 
@@ -31,7 +31,7 @@ async fn spawn() -> TestApp {
 }
 
 /// POSTs `body` as Shopify would: signed with the test secret, with topic and webhook id.
-async fn deliver(app: &TestApp, topic: &str, id: &str, body: &[u8]) -> (u16, Value) {
+pub(crate) async fn deliver(app: &TestApp, topic: &str, id: &str, body: &[u8]) -> (u16, Value) {
     let hmac = concierge::channels::shopify::sign(SECRET.as_bytes(), body);
     deliver_signed(app, topic, id, body, Some(&hmac)).await
 }

@@ -20,16 +20,19 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Db, TestApp, shared_data};
 
-const TOKEN: &str = "123456:TEST-token_abc";
+pub(crate) const TOKEN: &str = "123456:TEST-token_abc";
 const WEBHOOK_SECRET: &str = "telegram-webhook-secret-0123";
 const CHAT: i64 = 7_700_001;
 const ORDER_QUESTION: &str = "where is my order #W6310710? my email is anya.garcia2061@example.com";
 
 /// One getUpdates call as the fake saw it.
 #[derive(Debug, Clone)]
-struct Poll {
+pub(crate) struct Poll {
     offset: Option<i64>,
     returned: Vec<i64>,
+    /// The path prefix the client was given (`<fake url>/<tag>` as its API URL), if any: tells
+    /// apart several clients of one fake.
+    pub(crate) tag: Option<String>,
 }
 
 #[derive(Default)]
@@ -52,19 +55,23 @@ struct FakeState {
 
 /// A stand-in for api.telegram.org.
 #[derive(Clone)]
-struct FakeBotApi {
-    url: String,
+pub(crate) struct FakeBotApi {
+    pub(crate) url: String,
     state: Arc<Mutex<FakeState>>,
 }
 
 impl FakeBotApi {
-    async fn start() -> FakeBotApi {
+    pub(crate) async fn start() -> FakeBotApi {
         let state = Arc::new(Mutex::new(FakeState {
             next_message_id: 5000,
             ..Default::default()
         }));
         let app = Router::new()
             .route("/{bot}/{method}", post(bot_method).get(bot_method))
+            .route(
+                "/{tag}/{bot}/{method}",
+                post(tagged_method).get(tagged_method),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -79,7 +86,7 @@ impl FakeBotApi {
     }
 
     /// Queues a private text message from Anya; returns its update id.
-    fn push_text(&self, update_id: i64, text: &str) -> i64 {
+    pub(crate) fn push_text(&self, update_id: i64, text: &str) -> i64 {
         let message_id = update_id + 100;
         self.lock().updates.push(json!({
             "update_id": update_id,
@@ -109,15 +116,15 @@ impl FakeBotApi {
         update_id
     }
 
-    fn sent(&self) -> Vec<(i64, String)> {
+    pub(crate) fn sent(&self) -> Vec<(i64, String)> {
         self.lock().sent.clone()
     }
 
-    fn polls(&self) -> Vec<Poll> {
+    pub(crate) fn polls(&self) -> Vec<Poll> {
         self.lock().polls.clone()
     }
 
-    async fn wait_sent(&self, n: usize, secs: u64) -> Vec<(i64, String)> {
+    pub(crate) async fn wait_sent(&self, n: usize, secs: u64) -> Vec<(i64, String)> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let sent = self.sent();
@@ -136,6 +143,24 @@ fn ok(result: Value) -> axum::Json<Value> {
 async fn bot_method(
     State(state): State<Arc<Mutex<FakeState>>>,
     UrlPath((bot, method)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> axum::response::Response {
+    answer(state, None, bot, method, body).await
+}
+
+async fn tagged_method(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    UrlPath((tag, bot, method)): UrlPath<(String, String, String)>,
+    body: Bytes,
+) -> axum::response::Response {
+    answer(state, Some(tag), bot, method, body).await
+}
+
+async fn answer(
+    state: Arc<Mutex<FakeState>>,
+    tag: Option<String>,
+    bot: String,
+    method: String,
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -176,6 +201,7 @@ async fn bot_method(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
             lock().polls.push(Poll {
+                tag,
                 offset,
                 returned: batch
                     .iter()

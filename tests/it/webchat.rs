@@ -15,15 +15,15 @@ use concierge::store::{AuthorKind, Direction, NewMessage};
 
 use crate::helpers::TestApp;
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(app: &TestApp) -> Socket {
+pub(crate) async fn connect(app: &TestApp) -> Socket {
     connect_to(&app.addr).await
 }
 
 /// A socket to the web chat of the service at `addr` (`http://host:port`).
-async fn connect_to(addr: &str) -> Socket {
+pub(crate) async fn connect_to(addr: &str) -> Socket {
     let url = format!("{}/chat/ws", addr.replace("http://", "ws://"));
     tokio_tungstenite::connect_async(url)
         .await
@@ -31,12 +31,12 @@ async fn connect_to(addr: &str) -> Socket {
         .0
 }
 
-async fn send(ws: &mut Socket, v: Value) {
+pub(crate) async fn send(ws: &mut Socket, v: Value) {
     ws.send(Ws::Text(v.to_string().into())).await.unwrap();
 }
 
 /// The next frame matching `pred`, within 10 s.
-async fn next_where(ws: &mut Socket, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn next_where(ws: &mut Socket, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let frame = tokio::time::timeout_at(deadline, ws.next())

@@ -37,8 +37,9 @@ pub fn routes() -> Router<AppState> {
     Router::new().route(WEBHOOK_PATH, post(webhook::receive))
 }
 
-/// Starts long polling when the channel is configured for it. In webhook mode, registers the
-/// webhook with Telegram when `[server] public_url` is set (in the background) and returns None.
+/// Starts long polling when the channel is configured for it (on one instance at a time). In
+/// webhook mode, registers the webhook with Telegram when `[server] public_url` is set (in the
+/// background) and returns None.
 pub fn spawn(state: &AppState, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
     let cfg = &state.config.telegram;
     cfg.token.as_ref()?;
@@ -56,7 +57,16 @@ pub fn spawn(state: &AppState, stop: CancellationToken) -> Option<tokio::task::J
         }
         return None;
     }
-    Some(tokio::spawn(polling::run(state.clone(), bot, stop)))
+    // Telegram allows one long poll per bot: with several instances, only the leader polls.
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        let store = state.store.clone();
+        store
+            .lead("telegram-polling", stop, |lead| {
+                polling::run(state.clone(), bot.clone(), lead)
+            })
+            .await
+    }))
 }
 
 /// A Bot API client for the configured token and API URL. Its HTTP timeout outlasts a long
