@@ -337,3 +337,41 @@ fn write_seed_files() {
         }
     }
 }
+
+/// The packages a lock file pins: `name version` pairs.
+fn locked(path: &Path) -> std::collections::BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let lock: toml::Table =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    lock["package"]
+        .as_array()
+        .expect("a lock file lists packages")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["version"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// scripts/test builds the fuzz crate on the test build's dependencies: that holds only while
+/// fuzz/Cargo.lock pins the versions Cargo.lock does (else CI builds a second set of them).
+#[test]
+fn the_fuzz_crate_locks_the_same_dependency_versions() {
+    let main = locked(&root().join("Cargo.lock"));
+    let fuzz = locked(&root().join("fuzz/Cargo.lock"));
+    let own = ["concierge-fuzz", "libfuzzer-sys", "arbitrary"];
+    let differing: Vec<_> = fuzz
+        .iter()
+        .filter(|(name, _)| !own.contains(&name.as_str()))
+        .filter(|p| !main.contains(p))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "fuzz/Cargo.lock pins versions Cargo.lock does not: {differing:?}; refresh it with \
+         `cp Cargo.lock fuzz/Cargo.lock && cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null`"
+    );
+    assert!(fuzz.iter().any(|(n, _)| n == "libfuzzer-sys"));
+}
