@@ -450,11 +450,6 @@ impl Store {
             now,
         )
         .await?;
-        sqlx::query("UPDATE conversations SET updated_at = $2, last_message_at = $2 WHERE id = $1")
-            .bind(conversation_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         if let Some(d) = delivery {
             insert_delivery(&mut tx, &id, conversation_id, d).await?;
         }
@@ -561,10 +556,10 @@ async fn insert_message(
     in_reply_to: Option<&str>,
     now: i64,
 ) -> StoreResult<i64> {
-    // Lock the conversation's row before reading its last sequence number: two messages stored
-    // into one conversation at once (by two instances on PostgreSQL) take turns here instead of
-    // both picking the same next number; SQLite takes its write lock here.
-    sqlx::query("UPDATE conversations SET last_message_at = $2 WHERE id = $1")
+    // Touch the conversation's row first: that locks it before its last sequence number is read,
+    // so two messages stored into one conversation at once (by two instances on PostgreSQL) take
+    // turns here instead of both picking the same next number; SQLite takes its write lock here.
+    sqlx::query("UPDATE conversations SET updated_at = $2, last_message_at = $2 WHERE id = $1")
         .bind(conversation_id)
         .bind(now)
         .execute(&mut **tx)
