@@ -3,6 +3,7 @@
 //! with `--release` for figures worth quoting.
 
 pub mod gateway;
+mod memory;
 pub mod web;
 
 use std::path::PathBuf;
@@ -66,14 +67,28 @@ pub enum BenchCommand {
         concurrency: usize,
     },
     /// A single-turn order-status question to the brand agent (offline resolver) over HTTP:
-    /// POST /api/v1/messages from a verified sender, p50/p99 and messages/s.
+    /// POST /api/v1/messages from a verified sender, p50/p99 and messages/s — at each of the
+    /// given connection counts, on SQLite and (with --database-url) on PostgreSQL.
     Agent {
         #[arg(long, default_value = "../shared/data/tau-bench-retail/tau-bench-v1")]
         path: PathBuf,
         #[arg(long, default_value_t = 3_000)]
         messages: usize,
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
+        /// Connection counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        concurrency: Vec<usize>,
+        /// Also on PostgreSQL: a server URL whose user may create databases (a temporary
+        /// database is made and dropped).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Memory: the server's resident memory (a `concierge serve` child process) with N
+    /// generated orders in its store and M web-chat sockets open.
+    Memory {
+        #[arg(long, default_value_t = 100_000)]
+        orders: usize,
+        #[arg(long, default_value_t = 1_000)]
+        sockets: usize,
     },
     /// The consumer-agent gateway: signed structured order status over /agent/v1 (GET, POST)
     /// and A2A data parts, next to a bare axum handler — p50/p99 and requests/s.
@@ -84,6 +99,12 @@ pub enum BenchCommand {
         requests: usize,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// The Python that runs the a2a-sdk reference server (the test set-up's venv).
+        #[arg(long, default_value = "target/pyclients/bin/python")]
+        reference_python: PathBuf,
+        /// The a2a-sdk reference server: answers every A2A message with a fixed sentence.
+        #[arg(long, default_value = "bench/a2a_reference.py")]
+        reference_script: PathBuf,
     },
     /// The staff inbox: queue (N conversations), escalation list and a long conversation,
     /// rendered in-process and over HTTP — p50/p99.
@@ -128,12 +149,22 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             path,
             messages,
             concurrency,
-        } => bench_agent(&path, messages, concurrency).await,
+            database_url,
+        } => bench_agent(&path, messages, &concurrency, database_url.as_deref()).await,
+        BenchCommand::Memory { orders, sockets } => memory::run(orders, sockets).await,
         BenchCommand::Gateway {
             path,
             requests,
             concurrency,
-        } => gateway::run(&path, requests, concurrency).await,
+            reference_python,
+            reference_script,
+        } => {
+            let reference = gateway::Reference {
+                python: reference_python,
+                script: reference_script,
+            };
+            gateway::run(&path, requests, concurrency, &reference).await
+        }
     }
 }
 
@@ -277,46 +308,69 @@ async fn bench_lookup(
 async fn bench_agent(
     path: &std::path::Path,
     messages: usize,
-    concurrency: usize,
+    concurrency: &[usize],
+    database_url: Option<&str>,
 ) -> anyhow::Result<()> {
-    let key = "bench-key-0123456789abcdef";
-    let (_dir, app, asks) = bench_app(path).await?;
-    let (mut all, wall) = drive(app, concurrency, messages, move |c, i, per_conn| {
-        let (email, number) = &asks[(c * per_conn + i) % asks.len()];
-        let body = serde_json::json!({
-            "thread": format!("bench-{c}-{i}"),
-            "from": {"email": email, "verified": true},
-            "text": format!("Where is my order {number}?"),
-        })
-        .to_string();
-        let auth = format!("Bearer {key}");
-        Ok(post_request(
-            "/api/v1/messages",
-            &[("Authorization", &auth)],
-            &body,
-        ))
-    })
-    .await?;
     println!(
-        "agent: single-turn order status over HTTP, offline resolver ({} messages, {} connections): p50 {:.2} ms, p99 {:.2} ms, {:.0} messages/s",
-        all.len(),
-        concurrency.max(1),
-        ms(percentile(&mut all, 50.0)),
-        ms(percentile(&mut all, 99.0)),
-        all.len() as f64 / wall.as_secs_f64()
+        "agent: single-turn order status over HTTP (POST /api/v1/messages, verified sender, offline resolver), {messages} messages per run"
     );
+    let mut engines: Vec<Option<crate::drill::ScratchDatabase>> = vec![None];
+    if let Some(url) = database_url {
+        engines.push(Some(crate::drill::ScratchDatabase::create(url).await?));
+    }
+    for scratch in engines {
+        let engine = if scratch.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        for &conns in concurrency {
+            let url = scratch.as_ref().map(|s| s.url.as_str());
+            let (_dir, app, asks) = bench_app(path, url).await?;
+            let run = format!("{engine}-{conns}-{}", crate::util::random_token(4));
+            let (mut all, wall) = drive(app, conns, messages, move |c, i, per_conn| {
+                let (email, number) = &asks[(c * per_conn + i) % asks.len()];
+                let body = serde_json::json!({
+                    "thread": format!("bench-{run}-{c}-{i}"),
+                    "from": {"email": email, "verified": true},
+                    "text": format!("Where is my order {number}?"),
+                })
+                .to_string();
+                let auth = format!("Bearer {BENCH_KEY}");
+                Ok(post_request(
+                    "/api/v1/messages",
+                    &[("Authorization", &auth)],
+                    &body,
+                ))
+            })
+            .await?;
+            println!(
+                "  {engine}, {conns} connections: p50 {:.2} ms, p99 {:.2} ms, {:.0} messages/s",
+                ms(percentile(&mut all, 50.0)),
+                ms(percentile(&mut all, 99.0)),
+                all.len() as f64 / wall.as_secs_f64()
+            );
+        }
+        if let Some(s) = scratch {
+            s.drop_it().await;
+        }
+    }
     Ok(())
 }
+
+pub(crate) const BENCH_KEY: &str = "bench-key-0123456789abcdef";
 
 /// Starts an app on a temporary data dir with the τ-bench store; returns it with (email,
 /// order number) pairs to ask about.
 async fn bench_app(
     path: &std::path::Path,
+    database_url: Option<&str>,
 ) -> anyhow::Result<(tempfile::TempDir, Application, Vec<(String, String)>)> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::load(None, Vec::<(String, String)>::new())?;
     config.data_dir = dir.path().join("data");
-    config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
+    config.database.url = database_url.map(Secret::new);
+    config.api.key = Some(Secret::new(BENCH_KEY));
     config.log.level = "warn".into();
     config.without_rate_limits();
     let batches = import::load(ImportKind::TauRetail, path)?;
@@ -351,7 +405,7 @@ async fn bench_app(
 async fn bench_chat(path: &std::path::Path, round_trips: usize, idle: usize) -> anyhow::Result<()> {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message as Ws;
-    let (_dir, app, asks) = bench_app(path).await?;
+    let (_dir, app, asks) = bench_app(path, None).await?;
     let url = format!("ws://{}/chat/ws", app.local_addr());
     // The bench's own client sockets use small buffers too, so the memory figure is mostly the
     // server's.
@@ -515,7 +569,7 @@ body = '{"text": "{{text}}"}'
 }
 
 /// Resident memory of this process in KiB (Linux), 0 elsewhere.
-fn rss_kib() -> u64 {
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -199,14 +199,16 @@ struct ClaimToken {
 async fn claim(store: &Store, webhook_id: &str) -> Result<Claim, StoreError> {
     let key = format!("shopify_webhook:{webhook_id}");
     let value = format!("applying:{}", now_ms());
-    let inserted = sqlx::query(
-        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(key.as_str())
-    .bind(value.as_str())
-    .execute(store.pool())
-    .await?
-    .rows_affected();
+    let inserted = store
+        .write_execute(
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key.as_str())
+            .bind(value.as_str()),
+        )
+        .await?
+        .rows_affected();
     if inserted == 1 {
         return Ok(Claim::Mine(ClaimToken { key, value }));
     }
@@ -225,11 +227,13 @@ async fn claim(store: &Store, webhook_id: &str) -> Result<Claim, StoreError> {
         return Ok(Claim::InFlight);
     }
     // Take over a dead delivery's claim, unless someone else just did.
-    let taken = sqlx::query("UPDATE settings SET value = $1 WHERE key = $2 AND value = $3")
-        .bind(value.as_str())
-        .bind(key.as_str())
-        .bind(current.as_str())
-        .execute(store.pool())
+    let taken = store
+        .write_execute(
+            sqlx::query("UPDATE settings SET value = $1 WHERE key = $2 AND value = $3")
+                .bind(value.as_str())
+                .bind(key.as_str())
+                .bind(current.as_str()),
+        )
         .await?
         .rows_affected();
     Ok(if taken == 1 {
@@ -240,10 +244,12 @@ async fn claim(store: &Store, webhook_id: &str) -> Result<Claim, StoreError> {
 }
 
 async fn mark_done(store: &Store, claim: &ClaimToken, topic: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE settings SET value = $1 WHERE key = $2")
-        .bind(format!("done:{}:{topic}", now_ms()))
-        .bind(claim.key.as_str())
-        .execute(store.pool())
+    store
+        .write_execute(
+            sqlx::query("UPDATE settings SET value = $1 WHERE key = $2")
+                .bind(format!("done:{}:{topic}", now_ms()))
+                .bind(claim.key.as_str()),
+        )
         .await?;
     Ok(())
 }
@@ -251,10 +257,12 @@ async fn mark_done(store: &Store, claim: &ClaimToken, topic: &str) -> Result<(),
 /// Drops our claim so a later delivery can apply the webhook. Best effort: a claim that stays
 /// is taken over once stale.
 async fn release(store: &Store, claim: &ClaimToken) {
-    let res = sqlx::query("DELETE FROM settings WHERE key = $1 AND value = $2")
-        .bind(claim.key.as_str())
-        .bind(claim.value.as_str())
-        .execute(store.pool())
+    let res = store
+        .write_execute(
+            sqlx::query("DELETE FROM settings WHERE key = $1 AND value = $2")
+                .bind(claim.key.as_str())
+                .bind(claim.value.as_str()),
+        )
         .await;
     if let Err(e) = res {
         tracing::warn!(error = %e, key = claim.key, "could not release a Shopify webhook claim");

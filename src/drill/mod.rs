@@ -314,7 +314,7 @@ pub async fn crash(drill: &CrashDrill) -> anyhow::Result<DrillReport> {
         }
     };
     let database = match &drill.database_url {
-        Some(url) => Some(DrillDatabase::create(url).await?),
+        Some(url) => Some(ScratchDatabase::create(url).await?),
         None => None,
     };
     let result = run(drill, &work, database.as_ref().map(|d| d.url.as_str())).await;
@@ -801,20 +801,20 @@ async fn connect(db_url: Option<&str>, sqlite_dir: &Path) -> anyhow::Result<sqlx
         .context("cannot open the drill's database")
 }
 
-/// A fresh PostgreSQL database for one drill, next to the one the operator named.
-struct DrillDatabase {
+/// A fresh PostgreSQL database for one drill or benchmark, next to the one the operator named.
+pub(crate) struct ScratchDatabase {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
-impl DrillDatabase {
-    async fn create(url: &str) -> anyhow::Result<DrillDatabase> {
+impl ScratchDatabase {
+    pub(crate) async fn create(url: &str) -> anyhow::Result<ScratchDatabase> {
         let (base, _) = url
             .rsplit_once('/')
             .context("--database-url must look like postgres://user@host:port/database")?;
         let name = format!(
-            "concierge_drill_{}",
+            "concierge_scratch_{}",
             crate::util::random_token(6).to_lowercase()
         );
         let name: String = name
@@ -829,14 +829,14 @@ impl DrillDatabase {
             .execute(&mut conn)
             .await
             .context("cannot create the drill's database")?;
-        Ok(DrillDatabase {
+        Ok(ScratchDatabase {
             admin: url.to_string(),
             url: format!("{base}/{name}"),
             name,
         })
     }
 
-    async fn drop_it(self) {
+    pub(crate) async fn drop_it(self) {
         if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin).await
         {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -991,6 +991,7 @@ async fn send(
                 Ok(()) => Ok(send_result(&task, d, p.history_length)),
                 // The same message sent twice at once: the first one's task is the answer.
                 Err(e) if e.is_unique_violation() => {
+                    state.store.settle_writes().await;
                     let first = tasks::task_by_message(&state.store, &task.scope, &task.message_id)
                         .await?
                         .ok_or_else(|| RpcError::internal(e))?;
@@ -1037,6 +1038,7 @@ async fn stream(state: AppState, caller: Caller, d: Dialect, id: Value, params: 
             match tasks::save_task(&state.store, &task).await {
                 Ok(()) => {}
                 Err(e) if e.is_unique_violation() => {
+                    state.store.settle_writes().await;
                     return match tasks::task_by_message(&state.store, &task.scope, &task.message_id)
                         .await
                     {

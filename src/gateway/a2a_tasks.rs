@@ -525,10 +525,12 @@ pub async fn task_by_id(store: &Store, id: &str) -> StoreResult<Option<Task>> {
 
 /// Records a context minted for an unsigned caller.
 pub async fn mint_public_context(store: &Store, id: &str, now: i64) -> StoreResult<()> {
-    sqlx::query("INSERT INTO a2a_public_contexts (id, created_at) VALUES ($1, $2)")
-        .bind(id)
-        .bind(now)
-        .execute(store.pool())
+    store
+        .write_execute(
+            sqlx::query("INSERT INTO a2a_public_contexts (id, created_at) VALUES ($1, $2)")
+                .bind(id)
+                .bind(now),
+        )
         .await?;
     Ok(())
 }
@@ -587,7 +589,7 @@ pub async fn save_task(store: &Store, t: &Task) -> StoreResult<()> {
         .bind(t.created_at)
         .bind(t.updated_at);
     let Some(conversation_id) = &t.conversation_id else {
-        task.execute(store.pool()).await?;
+        store.write_execute(task).await?;
         return Ok(());
     };
     let mut tx = store.begin_write().await?;

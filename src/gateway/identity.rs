@@ -492,6 +492,22 @@ pub(crate) fn parse_signature_headers(
     ))
 }
 
+/// The RFC 9421 signature base (§2.5) of a request for the parsed `Signature-Input`.
+pub(crate) fn signature_base(
+    params: &SignatureInput,
+    public_url: Option<&str>,
+    req: &SignedRequest<'_>,
+) -> Result<String, GatewayError> {
+    use std::fmt::Write;
+    let mut base = String::with_capacity(256);
+    for c in &params.components {
+        let value = component_value(c, public_url, req)?;
+        let _ = writeln!(base, "\"{c}\": {value}");
+    }
+    let _ = write!(base, "\"@signature-params\": {}", params.raw);
+    Ok(base)
+}
+
 /// Checks the body against the `Content-Digest` header (sha-256).
 pub(crate) fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
     let Some(value) = header_value(headers, "content-digest")? else {
@@ -651,13 +667,7 @@ pub async fn verify_request(
     let public = parse_public_key(&key.public_key)
         .map_err(|e| GatewayError::Internal(format!("stored key {key_id}: {e}")))?;
 
-    let public_url = state.config.server.public_url.as_deref();
-    let mut base = String::new();
-    for c in &params.components {
-        let value = component_value(c, public_url, req)?;
-        base.push_str(&format!("\"{c}\": {value}\n"));
-    }
-    base.push_str(&format!("\"@signature-params\": {}", params.raw));
+    let base = signature_base(&params, state.config.server.public_url.as_deref(), req)?;
     let sig = Signature::from_slice(&sig).map_err(|_| {
         unauth(
             "bad_signature",
@@ -690,10 +700,6 @@ pub async fn verify_request(
             "nonce_reused",
             format!("nonce {nonce:?} was already used with key {key_id:?}: this is a replay"),
         ));
-    }
-    // Forget stale nonces now and then (about one signed request in 64).
-    if rand::random::<u8>() < 4 {
-        let _ = store.purge_nonces(now).await;
     }
     Ok(Some(AgentRef {
         id: key.agent_id,

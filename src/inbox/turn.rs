@@ -120,6 +120,7 @@ pub async fn run(state: &AppState, message_id: &str) -> Result<Option<Message>, 
             if e.downcast_ref::<StoreError>()
                 .is_some_and(StoreError::is_unique_violation) =>
         {
+            store.settle_writes().await;
             match store.answer_to(message_id).await? {
                 Some(done) => return Ok(Some(done)),
                 None => return Err(JobError::retry(format!("{e:#}"))),

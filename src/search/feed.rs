@@ -209,6 +209,8 @@ impl Follower {
     /// Upserts the current version of each document the rows name, or deletes it when its
     /// row is gone.
     async fn apply(&self, changes: &[SearchChange]) -> anyhow::Result<()> {
+        // The read models first: what is read below must be the database's current rows.
+        self.store.forget_changed(changes);
         let mut seen = HashSet::new();
         for c in changes {
             if !seen.insert((c.kind, c.key.as_str())) {
@@ -235,7 +237,7 @@ impl Follower {
                     Some(product) => self.indexer.upsert(IndexDoc::Product(product)).await?,
                     None => self.indexer.delete(DocKind::Product, &c.key).await?,
                 },
-                ChangeKind::All => {}
+                ChangeKind::All | ChangeKind::AgentKey | ChangeKind::Agent | ChangeKind::Token => {}
             }
         }
         Ok(())
@@ -245,6 +247,7 @@ impl Follower {
     /// `newest` (read before the documents).
     async fn replace_all(&mut self, newest: i64) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
+        self.store.forget_all_read();
         let docs = commerce_documents(&self.store).await?;
         let n = docs.len();
         self.indexer

@@ -35,7 +35,7 @@ use serde_json::{Map, Value, json};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
-use super::changes::{self, Change};
+use super::changes::Change;
 use super::commerce::{put_exchange, put_refund, put_return};
 use super::{
     Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_json, get_opt_str,
@@ -324,8 +324,7 @@ impl Store {
                 Err((refusal, entry))
             }
         };
-        changes::record(&mut tx, self.backend, &changed).await?;
-        tx.commit().await?;
+        self.commit_changes(tx, &changed).await?;
         Ok(result)
     }
 
@@ -611,15 +610,16 @@ impl Store {
         let signature = sign_head(key, head.seq, &head.hash);
         let now = crate::util::now_ms();
         // Only if the head did not move meanwhile (else that append signed it).
-        sqlx::query(
-            "UPDATE audit_head SET signed_seq = seq, signed_hash = hash, signature = $3, \
+        self.write_execute(
+            sqlx::query(
+                "UPDATE audit_head SET signed_seq = seq, signed_hash = hash, signature = $3, \
                signed_at = $4 WHERE id = 1 AND seq = $1 AND hash = $2",
+            )
+            .bind(head.seq)
+            .bind(head.hash.as_str())
+            .bind(signature)
+            .bind(now),
         )
-        .bind(head.seq)
-        .bind(head.hash.as_str())
-        .bind(signature)
-        .bind(now)
-        .execute(&self.pool)
         .await?;
         self.audit_head().await
     }

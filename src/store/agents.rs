@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::any::AnyRow;
 
+use super::changes::Change;
 use super::{
     Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_str, get_str, to_json,
 };
@@ -153,7 +154,8 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit_changes(tx, &[Change::AgentKey(key_id.to_string())])
+            .await?;
         Ok(agent_id)
     }
 
@@ -224,18 +226,19 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit_changes(tx, &[Change::Agent(id)]).await?;
         Ok(true)
     }
 
     /// Revokes one key (rotation: the agent's other keys stay active). Returns the agent's name,
     /// or None when no such key is registered.
     pub async fn revoke_agent_key(&self, key_id: &str, now: Millis) -> StoreResult<Option<String>> {
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT a.name FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key_id = $1",
         )
         .bind(key_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
         sqlx::query(
@@ -243,13 +246,25 @@ impl Store {
         )
         .bind(key_id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit_changes(tx, &[Change::AgentKey(key_id.to_string())])
+            .await?;
         Ok(Some(get_str(&row, "name")?))
     }
 
     /// The key `key_id` and its agent, revoked or not.
     pub async fn agent_key(&self, key_id: &str) -> StoreResult<Option<KeyLookup>> {
+        let epoch = match self.cache.key(key_id) {
+            Ok(key) => return Ok(key),
+            Err(epoch) => epoch,
+        };
+        let key = self.load_agent_key(key_id).await?;
+        self.cache.keep_key(epoch, key_id, key.clone());
+        Ok(key)
+    }
+
+    async fn load_agent_key(&self, key_id: &str) -> StoreResult<Option<KeyLookup>> {
         let row = sqlx::query(
             "SELECT k.agent_id, a.name, k.public_key, k.revoked_at AS key_revoked_at, \
                a.revoked_at AS agent_revoked_at \
@@ -270,39 +285,10 @@ impl Store {
         .transpose()
     }
 
-    /// Remembers a signature nonce for `key_id` until `expires_at`. False when it was already
-    /// used (the insert hits the primary key, so two concurrent uses cannot both succeed).
-    pub async fn remember_nonce(
-        &self,
-        key_id: &str,
-        nonce: &str,
-        expires_at: Millis,
-    ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "INSERT INTO agent_nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (key_id, nonce) DO NOTHING",
-        )
-        .bind(key_id)
-        .bind(nonce)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Forgets nonces whose signatures can no longer be fresh.
-    pub async fn purge_nonces(&self, now: Millis) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM agent_nonces WHERE expires_at < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
     // ---- capability tokens ----
 
     pub async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "INSERT INTO agent_tokens (id, agent_id, customer_id, ops, spend_limit_minor, categories, \
                expires_at, issued_at, issued_via, over_limit, spent_minor) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)",
@@ -317,7 +303,7 @@ impl Store {
         .bind(t.issued_at)
         .bind(t.issued_via.as_str())
         .bind(t.over_limit.as_str())
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
@@ -358,6 +344,7 @@ impl Store {
         token_id: Option<&str>,
         now: Millis,
     ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO agent_token_revocations (revocation_id, token_id, revoked_at) \
              VALUES ($1, $2, $3) ON CONFLICT (revocation_id) DO NOTHING",
@@ -365,7 +352,7 @@ impl Store {
         .bind(revocation_id)
         .bind(token_id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if let Some(t) = token_id.filter(|t| *t == revocation_id) {
             sqlx::query(
@@ -373,14 +360,35 @@ impl Store {
             )
             .bind(t)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         }
+        self.commit_changes(tx, &[Change::TokenRevoked(revocation_id.to_string())])
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// True when any of `revocation_ids` was revoked.
     pub async fn any_token_revoked(&self, revocation_ids: &[String]) -> StoreResult<bool> {
+        let mut unknown = Vec::new();
+        for id in revocation_ids {
+            match self.cache.revoked(id) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(epoch) => unknown.push((id, epoch)),
+            }
+        }
+        for (id, epoch) in unknown {
+            let revoked = self.load_token_revoked(std::slice::from_ref(id)).await?;
+            self.cache.keep_revoked(epoch, id, revoked);
+            if revoked {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn load_token_revoked(&self, revocation_ids: &[String]) -> StoreResult<bool> {
         if revocation_ids.is_empty() {
             return Ok(false);
         }
@@ -495,24 +503,27 @@ impl Store {
         purge_before: Millis,
         abandoned_before: Millis,
     ) -> StoreResult<IdempotencyClaim> {
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3",
+        self.write_execute(
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(purge_before),
         )
-        .bind(scope)
-        .bind(key)
-        .bind(purge_before)
-        .execute(&self.pool)
         .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, key, fingerprint, state, created_at) \
+        let inserted = self
+            .write_execute(
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, state, created_at) \
              VALUES ($1, $2, $3, 'in_flight', $4) ON CONFLICT (scope, key) DO NOTHING",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(fingerprint)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(now),
+            )
+            .await?;
         if inserted.rows_affected() == 1 {
             return Ok(IdempotencyClaim::Claimed);
         }
@@ -541,16 +552,18 @@ impl Store {
         if get_str(&row, "state")? != "done" {
             // A request that never finished (its client went away mid-call, the process
             // stopped): after a while a retry may take the key over — one retry only.
-            let taken = sqlx::query(
-                "UPDATE idempotency_keys SET created_at = $3 \
+            let taken = self
+                .write_execute(
+                    sqlx::query(
+                        "UPDATE idempotency_keys SET created_at = $3 \
                  WHERE scope = $1 AND key = $2 AND state = 'in_flight' AND created_at < $4",
-            )
-            .bind(scope)
-            .bind(key)
-            .bind(now)
-            .bind(abandoned_before)
-            .execute(&self.pool)
-            .await?;
+                    )
+                    .bind(scope)
+                    .bind(key)
+                    .bind(now)
+                    .bind(abandoned_before),
+                )
+                .await?;
             return Ok(if taken.rows_affected() == 1 {
                 IdempotencyClaim::Claimed
             } else {
@@ -579,35 +592,36 @@ impl Store {
         status: u16,
         body: &Value,
     ) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE scope = $1 AND key = $2",
         )
         .bind(scope)
         .bind(key)
         .bind(i64::from(status))
         .bind(body.to_string())
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
 
     /// Forgets a claimed key whose request failed on our side, so a retry runs again.
     pub async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND state = 'in_flight'",
         )
         .bind(scope)
         .bind(key)
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
 
     /// Forgets every key claimed before `before`.
     pub async fn purge_idempotency_keys(&self, before: Millis) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(before)
-            .execute(&self.pool)
+        let done = self
+            .write_execute(
+                sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before),
+            )
             .await?;
         Ok(done.rows_affected())
     }
@@ -615,7 +629,7 @@ impl Store {
     // ---- one-time delegation codes ----
 
     pub async fn insert_delegation_code(&self, code: &NewDelegationCode<'_>) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "INSERT INTO delegation_codes (id, agent_id, customer_id, email, code_hash, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -626,7 +640,7 @@ impl Store {
         .bind(code.code_hash)
         .bind(code.expires_at)
         .bind(code.created_at)
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
@@ -697,26 +711,30 @@ impl Store {
         id: &str,
         max_attempts: i64,
     ) -> StoreResult<Option<i64>> {
-        let row = sqlx::query(
-            "UPDATE delegation_codes SET attempts = attempts + 1 \
+        let row = self
+            .write_fetch_optional(
+                sqlx::query(
+                    "UPDATE delegation_codes SET attempts = attempts + 1 \
              WHERE id = $1 AND attempts < $2 AND used_at IS NULL RETURNING attempts",
-        )
-        .bind(id)
-        .bind(max_attempts)
-        .fetch_optional(&self.pool)
-        .await?;
+                )
+                .bind(id)
+                .bind(max_attempts),
+            )
+            .await?;
         row.map(|r| get_i64(&r, "attempts")).transpose()
     }
 
     /// Marks a code used; false when it already was (two concurrent redemptions: one wins).
     pub async fn use_delegation_code(&self, id: &str, now: Millis) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE delegation_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        let done = self
+            .write_execute(
+                sqlx::query(
+                    "UPDATE delegation_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+                )
+                .bind(id)
+                .bind(now),
+            )
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -35,6 +35,12 @@ pub enum ChangeKind {
     Product,
     /// Everything may have changed (a bulk import): re-read it all.
     All,
+    /// Key: an agent key id (registered or revoked). Not in the index: for read models.
+    AgentKey,
+    /// Key: an agent id (revoked with every key). Not in the index.
+    Agent,
+    /// Key: a capability token's revocation id (revoked). Not in the index.
+    Token,
 }
 
 impl ChangeKind {
@@ -43,6 +49,9 @@ impl ChangeKind {
             ChangeKind::Order => "order",
             ChangeKind::Product => "product",
             ChangeKind::All => "all",
+            ChangeKind::AgentKey => "key",
+            ChangeKind::Agent => "agent",
+            ChangeKind::Token => "token",
         }
     }
 
@@ -51,6 +60,9 @@ impl ChangeKind {
             "order" => ChangeKind::Order,
             "product" => ChangeKind::Product,
             "all" => ChangeKind::All,
+            "key" => ChangeKind::AgentKey,
+            "agent" => ChangeKind::Agent,
+            "token" => ChangeKind::Token,
             _ => return None,
         })
     }
@@ -79,6 +91,12 @@ pub(crate) enum Change {
     CustomerOrders(String),
     /// Too much changed to list (a bulk import).
     All,
+    /// An agent key was registered or revoked.
+    AgentKey(String),
+    /// An agent (and every key of it) was revoked.
+    Agent(String),
+    /// A capability token's revocation id was revoked.
+    TokenRevoked(String),
 }
 
 /// Records `changes` in the caller's transaction. Call it last, just before commit: on
@@ -106,6 +124,9 @@ pub(crate) async fn record(
             Change::Product(id) => rows.push((ChangeKind::Product, id.as_str(), false)),
             Change::ProductGone(id) => rows.push((ChangeKind::Product, id.as_str(), true)),
             Change::All => rows.push((ChangeKind::All, "", false)),
+            Change::AgentKey(k) => rows.push((ChangeKind::AgentKey, k.as_str(), false)),
+            Change::Agent(a) => rows.push((ChangeKind::Agent, a.as_str(), false)),
+            Change::TokenRevoked(r) => rows.push((ChangeKind::Token, r.as_str(), false)),
             Change::CustomerOrders(id) => {
                 sqlx::query(
                     "INSERT INTO search_changes (kind, key, deleted, created_at) \
@@ -139,6 +160,31 @@ pub(crate) async fn record(
 }
 
 impl Store {
+    /// Records `changes` in `tx`, commits it, and has this instance's read models forget what
+    /// the changes made stale — all before returning, so the next read sees the write.
+    pub(crate) async fn commit_changes(
+        &self,
+        mut tx: super::WriteTx,
+        changes: &[Change],
+    ) -> StoreResult<()> {
+        record(&mut tx, self.backend, changes).await?;
+        tx.commit().await?;
+        self.cache.forget(changes);
+        Ok(())
+    }
+
+    /// Has the read models forget what rows of the feed name (written by any instance).
+    pub fn forget_changed(&self, changes: &[SearchChange]) {
+        for c in changes {
+            self.cache.forget_row(c.kind, &c.key);
+        }
+    }
+
+    /// Has the read models forget everything (after the feed was pruned past a follower).
+    pub fn forget_all_read(&self) {
+        self.cache.clear();
+    }
+
     /// Feed rows after `after_seq`, oldest first, at most `limit`.
     pub async fn search_changes_after(
         &self,
@@ -182,13 +228,15 @@ impl Store {
     /// Deletes rows recorded before `before_ms`, except the newest row (so sequence numbers
     /// keep growing and followers can tell how far back the feed reaches). Returns how many.
     pub async fn prune_search_changes(&self, before_ms: i64) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM search_changes WHERE created_at < $1 \
+        let done = self
+            .write_execute(
+                sqlx::query(
+                    "DELETE FROM search_changes WHERE created_at < $1 \
              AND seq < (SELECT MAX(seq) FROM search_changes)",
-        )
-        .bind(before_ms)
-        .execute(&self.pool)
-        .await?;
+                )
+                .bind(before_ms),
+            )
+            .await?;
         Ok(done.rows_affected())
     }
 }

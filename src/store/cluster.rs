@@ -378,12 +378,13 @@ impl Store {
     /// Records `public_key` as the service key this database works with when none is
     /// recorded yet (the first start), and returns the recorded one.
     pub async fn adopt_service_key(&self, public_key: &str) -> StoreResult<String> {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        self.write_execute(
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(SERVICE_KEY_SETTING)
+            .bind(public_key),
         )
-        .bind(SERVICE_KEY_SETTING)
-        .bind(public_key)
-        .execute(&self.pool)
         .await?;
         self.get_setting(SERVICE_KEY_SETTING)
             .await?

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
-use super::changes::{self, BULK_CHANGES, Change};
+use super::cache::OrderKey;
+use super::changes::{BULK_CHANGES, Change};
 use super::{
     Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_json, get_opt_str,
     get_str, to_json,
@@ -102,8 +103,7 @@ impl Store {
             done += 1;
             progress(done);
         }
-        changes::record(&mut tx, self.backend, &changes).await?;
-        tx.commit().await?;
+        self.commit_changes(tx, &changes).await?;
         Ok(counts)
     }
 
@@ -113,8 +113,7 @@ impl Store {
         let previous = put_order(&mut tx, order).await?;
         let mut changed: Vec<Change> = previous.map(Change::OrderGone).into_iter().collect();
         changed.push(Change::Order(order.number.clone()));
-        changes::record(&mut tx, self.backend, &changed).await?;
-        tx.commit().await?;
+        self.commit_changes(tx, &changed).await?;
         Ok(())
     }
 
@@ -122,8 +121,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         put_customer(&mut tx, customer).await?;
         let changed = [Change::CustomerOrders(customer.id.clone())];
-        changes::record(&mut tx, self.backend, &changed).await?;
-        tx.commit().await?;
+        self.commit_changes(tx, &changed).await?;
         Ok(())
     }
 
@@ -131,8 +129,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         put_product(&mut tx, product).await?;
         let changed = [Change::Product(product.id.clone())];
-        changes::record(&mut tx, self.backend, &changed).await?;
-        tx.commit().await?;
+        self.commit_changes(tx, &changed).await?;
         Ok(())
     }
 
@@ -147,10 +144,8 @@ impl Store {
             .await?
             .map(|row| get_str(&row, "number"))
             .transpose()?;
-        if let Some(n) = &number {
-            changes::record(&mut tx, self.backend, &[Change::OrderGone(n.clone())]).await?;
-        }
-        tx.commit().await?;
+        let changed: Vec<Change> = number.iter().cloned().map(Change::OrderGone).collect();
+        self.commit_changes(tx, &changed).await?;
         Ok(number)
     }
 
@@ -164,15 +159,12 @@ impl Store {
             .await?
             .rows_affected()
             > 0;
-        if gone {
-            changes::record(
-                &mut tx,
-                self.backend,
-                &[Change::ProductGone(id.to_string())],
-            )
-            .await?;
-        }
-        tx.commit().await?;
+        let changed: Vec<Change> = if gone {
+            vec![Change::ProductGone(id.to_string())]
+        } else {
+            Vec::new()
+        };
+        self.commit_changes(tx, &changed).await?;
         Ok(gone)
     }
 
@@ -199,14 +191,22 @@ impl Store {
 
     /// An order by what a shopper types: "#W2611340", "W2611340", "w2611340", "1001".
     pub async fn get_order_by_number(&self, number: &str) -> StoreResult<Option<Order>> {
+        let number_key = order_number_key(number);
+        let key = OrderKey::Number(number_key.clone());
+        let epoch = match self.cache.order(&key) {
+            Ok(order) => return Ok(order),
+            Err(epoch) => epoch,
+        };
         let row = sqlx::query("SELECT * FROM orders WHERE number_key = $1")
-            .bind(order_number_key(number))
+            .bind(number_key)
             .fetch_optional(&self.pool)
             .await?;
-        match row {
-            Some(row) => Ok(Some(self.complete_order(&row).await?)),
-            None => Ok(None),
-        }
+        let order = match row {
+            Some(row) => Some(self.complete_order(&row).await?),
+            None => None,
+        };
+        self.cache.keep_order(epoch, key, order.clone());
+        Ok(order)
     }
 
     /// An order as a shopper, an agent or staff refer to it: its id, else its number
@@ -219,14 +219,21 @@ impl Store {
     }
 
     pub async fn get_order(&self, id: &str) -> StoreResult<Option<Order>> {
+        let key = OrderKey::Id(id.to_string());
+        let epoch = match self.cache.order(&key) {
+            Ok(order) => return Ok(order),
+            Err(epoch) => epoch,
+        };
         let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        match row {
-            Some(row) => Ok(Some(self.complete_order(&row).await?)),
-            None => Ok(None),
-        }
+        let order = match row {
+            Some(row) => Some(self.complete_order(&row).await?),
+            None => None,
+        };
+        self.cache.keep_order(epoch, key, order.clone());
+        Ok(order)
     }
 
     /// The order carrying a tracking number, if any.
@@ -334,6 +341,16 @@ impl Store {
     }
 
     pub async fn get_product(&self, id: &str) -> StoreResult<Option<Product>> {
+        let epoch = match self.cache.product(id) {
+            Ok(product) => return Ok(product),
+            Err(epoch) => epoch,
+        };
+        let product = self.load_product(id).await?;
+        self.cache.keep_product(epoch, id, product.clone());
+        Ok(product)
+    }
+
+    async fn load_product(&self, id: &str) -> StoreResult<Option<Product>> {
         let row = sqlx::query("SELECT * FROM products WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)

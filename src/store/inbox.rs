@@ -228,6 +228,7 @@ impl Store {
             None => match self.ingest_new(msg, job).await {
                 // Two deliveries raced past the check: the loser reports the winner's message.
                 Err(e) if e.is_unique_violation() && msg.external_id.is_some() => {
+                    self.settle_writes().await;
                     match self.find_duplicate(msg).await? {
                         Some(found) => found,
                         None => return Err(e),
@@ -504,16 +505,17 @@ impl Store {
         status: ConversationStatus,
     ) -> StoreResult<()> {
         let now = now_ms();
-        sqlx::query(
-            "UPDATE conversations SET status = $2, updated_at = $3, \
+        self.write_execute(
+            sqlx::query(
+                "UPDATE conversations SET status = $2, updated_at = $3, \
                escalated_at = CASE WHEN $2 = 'escalated' THEN $3 ELSE escalated_at END, \
                resolved_at = CASE WHEN $2 = 'resolved' THEN $3 ELSE NULL END \
              WHERE id = $1",
+            )
+            .bind(id)
+            .bind(status.as_str())
+            .bind(now),
         )
-        .bind(id)
-        .bind(status.as_str())
-        .bind(now)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -541,7 +543,7 @@ impl Store {
 
 #[allow(clippy::too_many_arguments)]
 async fn insert_message(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut super::WriteTx,
     id: &str,
     conversation_id: &str,
     channel: &str,
@@ -674,11 +676,12 @@ impl Store {
     }
 
     pub async fn save_conversation_state(&self, id: &str, state: &Value) -> StoreResult<()> {
-        sqlx::query("UPDATE conversations SET state = $2 WHERE id = $1")
-            .bind(id)
-            .bind(to_json(state))
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("UPDATE conversations SET state = $2 WHERE id = $1")
+                .bind(id)
+                .bind(to_json(state)),
+        )
+        .await?;
         Ok(())
     }
 

@@ -57,7 +57,7 @@ pub struct NewJob<'a> {
 
 /// Inserts a job in a transaction; with a `dedupe_key` already queued, returns that job's id.
 pub(super) async fn insert_job(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut super::WriteTx,
     kind: &str,
     payload: &Value,
     dedupe_key: Option<&str>,
@@ -123,11 +123,8 @@ impl Store {
                  RETURNING *"
             }
         };
-        let row = sqlx::query(sql)
-            .bind(worker)
-            .bind(now + lease_ms)
-            .bind(now)
-            .fetch_optional(&self.pool)
+        let row = self
+            .write_fetch_optional(sqlx::query(sql).bind(worker).bind(now + lease_ms).bind(now))
             .await?;
         row.as_ref().map(job_from_row).transpose()
     }
@@ -141,18 +138,20 @@ impl Store {
         lease_ms: i64,
     ) -> StoreResult<Option<Job>> {
         let now = now_ms();
-        let row = sqlx::query(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $2, \
+        let row = self
+            .write_fetch_optional(
+                sqlx::query(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $2, \
                locked_until = $3, updated_at = $4 \
              WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND locked_until < $4)) \
              RETURNING *",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(now + lease_ms)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(now + lease_ms)
+                .bind(now),
+            )
+            .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -164,26 +163,28 @@ impl Store {
         lease_ms: i64,
     ) -> StoreResult<bool> {
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE jobs SET locked_until = $3, updated_at = $4 \
+        let done = self
+            .write_execute(
+                sqlx::query(
+                    "UPDATE jobs SET locked_until = $3, updated_at = $4 \
              WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(now + lease_ms)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(now + lease_ms)
+                .bind(now),
+            )
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
     pub async fn complete_job(&self, id: &str) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "UPDATE jobs SET status = 'done', locked_until = NULL, locked_by = NULL, updated_at = $2 WHERE id = $1",
         )
         .bind(id)
         .bind(now_ms())
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
@@ -191,7 +192,7 @@ impl Store {
     /// Records a failed attempt: the job runs again at `retry_at`, or is dead when it has used
     /// its attempts.
     pub async fn fail_job(&self, id: &str, error: &str, retry_at: i64) -> StoreResult<JobStatus> {
-        let row = sqlx::query(
+        let row = self.write_fetch_one(sqlx::query(
             "UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
                run_at = $3, last_error = $2, locked_until = NULL, locked_by = NULL, updated_at = $4 \
              WHERE id = $1 RETURNING status",
@@ -200,35 +201,37 @@ impl Store {
         .bind(error)
         .bind(retry_at)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        )
         .await?;
         Ok(JobStatus::parse(&get_str(&row, "status")?))
     }
 
     /// Gives a job up at once (an error no retry can fix): dead, with the error kept.
     pub async fn bury_job(&self, id: &str, error: &str) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "UPDATE jobs SET status = 'dead', last_error = $2, locked_until = NULL, locked_by = NULL, \
                updated_at = $3 WHERE id = $1",
         )
         .bind(id)
         .bind(error)
         .bind(now_ms())
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
 
     /// Puts a dead (or queued) job back to run now, with fresh attempts.
     pub async fn retry_job_now(&self, id: &str) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $2, updated_at = $2 \
+        let done = self
+            .write_execute(
+                sqlx::query(
+                    "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $2, updated_at = $2 \
              WHERE id = $1 AND status IN ('dead', 'queued')",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+                )
+                .bind(id)
+                .bind(now_ms()),
+            )
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -25,7 +25,7 @@ impl Store {
         now: i64,
         window_ms: i64,
     ) -> StoreResult<(i64, i64)> {
-        let row = sqlx::query(
+        let row = self.write_fetch_one(sqlx::query(
             "INSERT INTO login_attempts (scope, subject, window_start, n) VALUES ($1, $2, $3, 1) \
              ON CONFLICT (scope, subject) DO UPDATE SET \
                n = CASE WHEN login_attempts.window_start <= $4 THEN 1 ELSE login_attempts.n + 1 END, \
@@ -37,18 +37,19 @@ impl Store {
         .bind(subject)
         .bind(now)
         .bind(now - window_ms)
-        .fetch_one(&self.pool)
+        )
         .await?;
         Ok((get_i64(&row, "n")?, get_i64(&row, "window_start")?))
     }
 
     async fn uncount_login_attempt(&self, scope: &str, subject: &str) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE login_attempts SET n = n - 1 WHERE scope = $1 AND subject = $2 AND n > 0",
+        self.write_execute(
+            sqlx::query(
+                "UPDATE login_attempts SET n = n - 1 WHERE scope = $1 AND subject = $2 AND n > 0",
+            )
+            .bind(scope)
+            .bind(subject),
         )
-        .bind(scope)
-        .bind(subject)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -102,15 +103,17 @@ impl Store {
     /// A successful sign-in: the email's count starts over, the address gets its attempt back,
     /// and windows over a day old are dropped.
     pub async fn login_succeeded(&self, email: &str, ip: &str, now: i64) -> StoreResult<()> {
-        sqlx::query("DELETE FROM login_attempts WHERE scope = 'email' AND subject = $1")
-            .bind(email.trim().to_lowercase())
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("DELETE FROM login_attempts WHERE scope = 'email' AND subject = $1")
+                .bind(email.trim().to_lowercase()),
+        )
+        .await?;
         self.uncount_login_attempt("ip", ip).await?;
-        sqlx::query("DELETE FROM login_attempts WHERE window_start < $1")
-            .bind(now - 24 * 3600 * 1000)
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("DELETE FROM login_attempts WHERE window_start < $1")
+                .bind(now - 24 * 3600 * 1000),
+        )
+        .await?;
         Ok(())
     }
 

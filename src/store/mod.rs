@@ -9,6 +9,7 @@
 
 mod actions;
 mod agents;
+mod cache;
 mod changes;
 mod channel;
 pub mod cluster;
@@ -18,16 +19,18 @@ mod inbox;
 mod jobs;
 mod limits;
 mod locks;
+mod nonces;
 mod outbox;
 mod staff;
 mod verification;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 pub use actions::{
     ActionRequest, AuditBreak, AuditEntry, AuditHead, AuditVerification, Audited, GENESIS_HASH,
@@ -50,6 +53,7 @@ pub use locks::ConversationLock;
 pub use outbox::{Delivery, JOB_DELIVER, NewDelivery, REPLY_TOKEN_CHARS, random_base36};
 pub use staff::{OpenEscalation, QueueFilter, QueueRow, StaffMember, StaffNote, StaffSession};
 pub use verification::{AttemptGate, AttemptScope, AttemptTicket, VerificationLock};
+pub use writer::WriteTx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -83,6 +87,8 @@ pub enum StoreError {
     Corrupt { what: String, message: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("the write was not committed: {0}")]
+    GroupCommit(String),
 }
 
 impl StoreError {
@@ -107,6 +113,12 @@ pub struct Store {
     audit_signer: Option<std::sync::Arc<ed25519_dalek::SigningKey>>,
     /// This process's conversation locks ([`Store::lock_conversation`]).
     locks: std::sync::Arc<locks::ConversationLocks>,
+    /// SQLite: the one connection this process writes with (see [`WriteTx`]).
+    writer: Option<std::sync::Arc<writer::Writer>>,
+    /// The read models ([`cache`]).
+    cache: std::sync::Arc<cache::ReadModels>,
+    /// Signature nonces seen ([`nonces`]).
+    nonces: std::sync::Arc<nonces::NonceBook>,
 }
 
 impl std::fmt::Debug for Store {
@@ -116,6 +128,10 @@ impl std::fmt::Debug for Store {
             .finish()
     }
 }
+
+/// Every SQLite connection's settings.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -156,46 +172,39 @@ impl Store {
         let mut pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30));
-        if backend == Backend::Sqlite {
+        let writer = if backend == Backend::Sqlite {
+            // The writing connection comes first: it creates the file, sets WAL mode and
+            // applies the migrations; the pool's connections then only read.
+            let mut conn = AnyConnection::connect_with(&options).await?;
+            sqlx::raw_sql(SQLITE_PRAGMAS).execute(&mut conn).await?;
+            SQLITE_MIGRATOR.run(&mut conn).await?;
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    sqlx::raw_sql(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    )
-                    .execute(&mut *conn)
-                    .await?;
+                    sqlx::raw_sql(SQLITE_PRAGMAS).execute(&mut *conn).await?;
+                    sqlx::raw_sql("PRAGMA query_only = ON")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
-        }
+            Some(std::sync::Arc::new(writer::Writer::new(conn)))
+        } else {
+            None
+        };
         let pool = pool.connect_with(options).await?;
         let store = Store {
             pool,
             backend,
             audit_signer: None,
             locks: Default::default(),
+            writer,
+            cache: Default::default(),
+            nonces: Default::default(),
         };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> StoreResult<()> {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await?,
+        if backend == Backend::Postgres {
+            POSTGRES_MIGRATOR.run(&store.pool).await?;
         }
-        Ok(())
-    }
-
-    /// Starts a transaction that will write. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), so a read-then-write transaction waits for another writer instead of
-    /// failing with "database is locked".
-    pub async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        })
+        Ok(store)
     }
 
     pub fn backend(&self) -> Backend {
@@ -208,6 +217,7 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        self.close_writer().await;
         if let Some(locks) = self.locks.shared.get() {
             locks.close().await;
         }
@@ -229,13 +239,14 @@ impl Store {
     }
 
     pub async fn set_setting(&self, key: &str, value: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        self.write_execute(
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value),
         )
-        .bind(key)
-        .bind(value)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }

@@ -44,7 +44,7 @@ pub struct NewDelivery {
 /// Inserts a delivery row and the job that sends it, in a transaction. Idempotent per message
 /// and channel (the row's key and the job's dedupe key).
 pub(super) async fn insert_delivery(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut super::WriteTx,
     message_id: &str,
     conversation_id: &str,
     delivery: &NewDelivery,
@@ -190,38 +190,38 @@ impl Store {
 
     pub async fn mark_delivery_sent(&self, id: &str, external_id: Option<&str>) -> StoreResult<()> {
         let now = now_ms();
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, external_id = COALESCE($2, external_id), \
                last_error = NULL, sent_at = $3, updated_at = $3 WHERE id = $1",
         )
         .bind(id)
         .bind(external_id)
         .bind(now)
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
 
     /// Records a failed attempt (`dead`: no more retries).
     pub async fn mark_delivery_failed(&self, id: &str, error: &str, dead: bool) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "UPDATE deliveries SET status = $3, attempts = attempts + 1, last_error = $2, updated_at = $4 WHERE id = $1",
         )
         .bind(id)
         .bind(error)
         .bind(if dead { "dead" } else { "failed" })
         .bind(now_ms())
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
 
     /// Marks a dead delivery dead for good when its job has used its attempts.
     pub async fn mark_delivery_dead(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE deliveries SET status = 'dead', updated_at = $2 WHERE id = $1 AND status <> 'sent'")
+        self.write_execute(sqlx::query("UPDATE deliveries SET status = 'dead', updated_at = $2 WHERE id = $1 AND status <> 'sent'")
             .bind(id)
             .bind(now_ms())
-            .execute(&self.pool)
+            )
             .await?;
         Ok(())
     }
@@ -237,11 +237,12 @@ impl Store {
         if let Some(job) = &d.job_id {
             self.retry_job_now(job).await?;
         }
-        sqlx::query("UPDATE deliveries SET status = 'queued', updated_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("UPDATE deliveries SET status = 'queued', updated_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(now_ms()),
+        )
+        .await?;
         Ok(true)
     }
 
@@ -278,11 +279,14 @@ impl Store {
         message_id: &str,
         external_id: &str,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE messages SET external_id = $2 WHERE id = $1 AND external_id IS NULL")
+        self.write_execute(
+            sqlx::query(
+                "UPDATE messages SET external_id = $2 WHERE id = $1 AND external_id IS NULL",
+            )
             .bind(message_id)
-            .bind(external_id)
-            .execute(&self.pool)
-            .await?;
+            .bind(external_id),
+        )
+        .await?;
         Ok(())
     }
 
@@ -323,12 +327,13 @@ impl Store {
             return Ok(t);
         }
         let token = random_base36(REPLY_TOKEN_CHARS);
-        sqlx::query(
-            "UPDATE conversations SET reply_token = $2 WHERE id = $1 AND reply_token IS NULL",
+        self.write_execute(
+            sqlx::query(
+                "UPDATE conversations SET reply_token = $2 WHERE id = $1 AND reply_token IS NULL",
+            )
+            .bind(conversation_id)
+            .bind(token.as_str()),
         )
-        .bind(conversation_id)
-        .bind(token.as_str())
-        .execute(&self.pool)
         .await?;
         let row = sqlx::query("SELECT reply_token FROM conversations WHERE id = $1")
             .bind(conversation_id)
@@ -353,11 +358,12 @@ impl Store {
             meta = json!({});
         }
         meta["sent_to"] = json!(address);
-        sqlx::query("UPDATE messages SET meta = $2 WHERE id = $1")
-            .bind(message_id)
-            .bind(to_json(&meta))
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("UPDATE messages SET meta = $2 WHERE id = $1")
+                .bind(message_id)
+                .bind(to_json(&meta)),
+        )
+        .await?;
         Ok(())
     }
 

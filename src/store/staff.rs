@@ -144,7 +144,7 @@ impl Store {
         let now = now_ms();
         let id = new_id("stf");
         let email = email.trim().to_lowercase();
-        let res = sqlx::query(
+        let res = self.write_execute(sqlx::query(
             "INSERT INTO staff (id, email, name, role, password_hash, active, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
         )
@@ -154,7 +154,7 @@ impl Store {
         .bind(role)
         .bind(password_hash)
         .bind(now)
-        .execute(&self.pool)
+        )
         .await;
         match res {
             Ok(_) => {}
@@ -231,11 +231,13 @@ impl Store {
     }
 
     pub async fn set_staff_role(&self, id: &str, role: &str) -> StoreResult<bool> {
-        let n = sqlx::query("UPDATE staff SET role = $2, updated_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(role)
-            .bind(now_ms())
-            .execute(&self.pool)
+        let n = self
+            .write_execute(
+                sqlx::query("UPDATE staff SET role = $2, updated_at = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(role)
+                    .bind(now_ms()),
+            )
             .await?
             .rows_affected();
         Ok(n > 0)
@@ -278,7 +280,7 @@ impl Store {
         expires_at: i64,
     ) -> StoreResult<()> {
         let now = now_ms();
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "INSERT INTO staff_sessions (token_hash, staff_id, csrf_token, created_at, last_seen_at, expires_at) \
              VALUES ($1, $2, $3, $4, $4, $5)",
         )
@@ -287,13 +289,13 @@ impl Store {
         .bind(csrf_token)
         .bind(now)
         .bind(expires_at)
-        .execute(&self.pool)
+        )
         .await?;
         // Expired sessions of anyone are dropped on the way.
-        sqlx::query("DELETE FROM staff_sessions WHERE expires_at < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("DELETE FROM staff_sessions WHERE expires_at < $1").bind(now),
+        )
+        .await?;
         Ok(())
     }
 
@@ -323,22 +325,22 @@ impl Store {
 
     /// Slides a session's expiry forward.
     pub async fn touch_staff_session(&self, token_hash: &str, expires_at: i64) -> StoreResult<()> {
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "UPDATE staff_sessions SET last_seen_at = $2, expires_at = $3 WHERE token_hash = $1",
         )
         .bind(token_hash)
         .bind(now_ms())
         .bind(expires_at)
-        .execute(&self.pool)
+        )
         .await?;
         Ok(())
     }
 
     pub async fn delete_staff_session(&self, token_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1").bind(token_hash),
+        )
+        .await?;
         Ok(())
     }
 
@@ -348,11 +350,12 @@ impl Store {
         token_hash: &str,
         flash: Option<&str>,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE staff_sessions SET flash = $2 WHERE token_hash = $1")
-            .bind(token_hash)
-            .bind(flash)
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("UPDATE staff_sessions SET flash = $2 WHERE token_hash = $1")
+                .bind(token_hash)
+                .bind(flash),
+        )
+        .await?;
         Ok(())
     }
 
@@ -364,7 +367,7 @@ impl Store {
     ) -> StoreResult<StaffNote> {
         let now = now_ms();
         let id = new_id("note");
-        sqlx::query(
+        self.write_execute(sqlx::query(
             "INSERT INTO staff_notes (id, conversation_id, staff_id, text, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id.as_str())
@@ -372,7 +375,7 @@ impl Store {
         .bind(staff_id)
         .bind(text)
         .bind(now)
-        .execute(&self.pool)
+        )
         .await?;
         Ok(StaffNote {
             id,
@@ -413,22 +416,24 @@ impl Store {
         conversation_id: &str,
         staff_id: Option<&str>,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE conversations SET assignee = $2, updated_at = $3 WHERE id = $1")
-            .bind(conversation_id)
-            .bind(staff_id)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("UPDATE conversations SET assignee = $2, updated_at = $3 WHERE id = $1")
+                .bind(conversation_id)
+                .bind(staff_id)
+                .bind(now_ms()),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn set_tags(&self, conversation_id: &str, tags: &[String]) -> StoreResult<()> {
-        sqlx::query("UPDATE conversations SET tags = $2, updated_at = $3 WHERE id = $1")
-            .bind(conversation_id)
-            .bind(to_json(&tags))
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        self.write_execute(
+            sqlx::query("UPDATE conversations SET tags = $2, updated_at = $3 WHERE id = $1")
+                .bind(conversation_id)
+                .bind(to_json(&tags))
+                .bind(now_ms()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -440,17 +445,19 @@ impl Store {
         status: &str,
         staff_id: &str,
     ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE escalations SET status = $2, resolved_at = $3, resolved_by = $4 \
+        let n = self
+            .write_execute(
+                sqlx::query(
+                    "UPDATE escalations SET status = $2, resolved_at = $3, resolved_by = $4 \
              WHERE id = $1 AND status = 'open'",
-        )
-        .bind(escalation_id)
-        .bind(status)
-        .bind(now_ms())
-        .bind(staff_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+                )
+                .bind(escalation_id)
+                .bind(status)
+                .bind(now_ms())
+                .bind(staff_id),
+            )
+            .await?
+            .rows_affected();
         Ok(n > 0)
     }
 
@@ -461,17 +468,19 @@ impl Store {
         status: &str,
         staff_id: &str,
     ) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "UPDATE escalations SET status = $2, resolved_at = $3, resolved_by = $4 \
+        Ok(self
+            .write_execute(
+                sqlx::query(
+                    "UPDATE escalations SET status = $2, resolved_at = $3, resolved_by = $4 \
              WHERE conversation_id = $1 AND status = 'open'",
-        )
-        .bind(conversation_id)
-        .bind(status)
-        .bind(now_ms())
-        .bind(staff_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+                )
+                .bind(conversation_id)
+                .bind(status)
+                .bind(now_ms())
+                .bind(staff_id),
+            )
+            .await?
+            .rows_affected())
     }
 
     pub async fn get_escalation(&self, id: &str) -> StoreResult<Option<Escalation>> {
@@ -820,7 +829,7 @@ impl Store {
 }
 
 async fn bench_message(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut super::WriteTx,
     conv: &str,
     channel: &str,
     seq: i64,

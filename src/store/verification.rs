@@ -92,7 +92,7 @@ impl Store {
             // conversation see the lock it ran into.
             if let Some(conversation) = conversation_id {
                 for scope in scopes.keys() {
-                    sqlx::query(
+                    self.write_execute(sqlx::query(
                         "INSERT INTO verification_attempts (id, scope, conversation_id, outcome, created_at) \
                          VALUES ($1, $2, $3, 'refused', $4)",
                     )
@@ -100,7 +100,7 @@ impl Store {
                     .bind(*scope)
                     .bind(conversation)
                     .bind(now)
-                    .execute(&self.pool)
+                    )
                     .await?;
                 }
             }
@@ -133,11 +133,12 @@ impl Store {
     ) -> StoreResult<()> {
         let outcome = if passed { "passed" } else { "failed" };
         for id in &ticket.ids {
-            sqlx::query("UPDATE verification_attempts SET outcome = $2 WHERE id = $1")
-                .bind(id.as_str())
-                .bind(outcome)
-                .execute(&self.pool)
-                .await?;
+            self.write_execute(
+                sqlx::query("UPDATE verification_attempts SET outcome = $2 WHERE id = $1")
+                    .bind(id.as_str())
+                    .bind(outcome),
+            )
+            .await?;
         }
         Ok(())
     }

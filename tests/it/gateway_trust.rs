@@ -15,13 +15,13 @@ const AARAV_GIFT_CARD: &str = "gift_card_7245904";
 /// Ivan Santos: another customer.
 const IVAN_ORDER: &str = "#W6893533";
 
-struct Agent {
+pub(crate) struct Agent {
     name: String,
-    key: SigningKey,
-    key_id: String,
+    pub(crate) key: SigningKey,
+    pub(crate) key_id: String,
 }
 
-async fn register(app: &TestApp, name: &str) -> Agent {
+pub(crate) async fn register(app: &TestApp, name: &str) -> Agent {
     let key = identity::generate_key();
     let public = key.verifying_key();
     let key_id = identity::key_id(&public);
@@ -42,7 +42,7 @@ async fn register(app: &TestApp, name: &str) -> Agent {
 }
 
 /// A rotated key for an existing agent.
-async fn add_key(app: &TestApp, agent: &Agent) -> Agent {
+pub(crate) async fn add_key(app: &TestApp, agent: &Agent) -> Agent {
     let key = identity::generate_key();
     let key_id = identity::key_id(&key.verifying_key());
     app.store()
@@ -66,18 +66,18 @@ fn now_s() -> i64 {
 }
 
 /// One signed request: (status, headers, body).
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     method: Method,
     path: &'a str,
     body: Option<Value>,
     token: Option<&'a str>,
     idempotency_key: Option<&'a str>,
-    nonce: Option<String>,
-    created: Option<i64>,
+    pub(crate) nonce: Option<String>,
+    pub(crate) created: Option<i64>,
 }
 
 impl<'a> Call<'a> {
-    fn new(method: Method, path: &'a str) -> Call<'a> {
+    pub(crate) fn new(method: Method, path: &'a str) -> Call<'a> {
         Call {
             method,
             path,
@@ -88,11 +88,11 @@ impl<'a> Call<'a> {
             created: None,
         }
     }
-    fn body(mut self, body: Value) -> Self {
+    pub(crate) fn body(mut self, body: Value) -> Self {
         self.body = Some(body);
         self
     }
-    fn token(mut self, token: &'a str) -> Self {
+    pub(crate) fn token(mut self, token: &'a str) -> Self {
         self.token = Some(token);
         self
     }
@@ -102,19 +102,19 @@ impl<'a> Call<'a> {
     }
 }
 
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: reqwest::header::HeaderMap,
-    body: Value,
+    pub(crate) body: Value,
 }
 
 impl Answer {
-    fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
 }
 
-async fn send(app: &TestApp, req: reqwest::RequestBuilder) -> Answer {
+pub(crate) async fn send(app: &TestApp, req: reqwest::RequestBuilder) -> Answer {
     let r = req.send().await.expect("request");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
@@ -127,7 +127,11 @@ async fn send(app: &TestApp, req: reqwest::RequestBuilder) -> Answer {
 }
 
 /// Builds the request, signed by `agent` when given.
-fn build(app: &TestApp, agent: Option<&Agent>, call: &Call<'_>) -> reqwest::RequestBuilder {
+pub(crate) fn build(
+    app: &TestApp,
+    agent: Option<&Agent>,
+    call: &Call<'_>,
+) -> reqwest::RequestBuilder {
     let url = app.url(call.path);
     let body = call
         .body
@@ -167,12 +171,18 @@ fn build(app: &TestApp, agent: Option<&Agent>, call: &Call<'_>) -> reqwest::Requ
     req
 }
 
-async fn call(app: &TestApp, agent: Option<&Agent>, call: Call<'_>) -> Answer {
+pub(crate) async fn call(app: &TestApp, agent: Option<&Agent>, call: Call<'_>) -> Answer {
     send(app, build(app, agent, &call)).await
 }
 
 /// A token for `email` through the delegation endpoint (order number + email).
-async fn delegate(app: &TestApp, agent: &Agent, order: &str, email: &str, extra: Value) -> String {
+pub(crate) async fn delegate(
+    app: &TestApp,
+    agent: &Agent,
+    order: &str,
+    email: &str,
+    extra: Value,
+) -> String {
     let mut body = json!({"order_id": order, "email": email});
     if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
         b.extend(e);
@@ -203,13 +213,13 @@ async fn tool(
     call(app, Some(agent), c).await
 }
 
-async fn setup(db: Db) -> Option<TestApp> {
+pub(crate) async fn setup(db: Db) -> Option<TestApp> {
     let app = TestApp::spawn_on(db).await?;
     app.import_tau().await;
     Some(app)
 }
 
-fn service_key(app: &TestApp) -> SigningKey {
+pub(crate) fn service_key(app: &TestApp) -> SigningKey {
     app.store().audit_signer().expect("service key").clone()
 }
 

@@ -60,7 +60,7 @@ async fn deliver_signed(
 }
 
 /// The order fixture without its fulfilment, so fulfilment webhooks have something to add.
-fn unfulfilled_order() -> Value {
+pub(crate) fn unfulfilled_order() -> Value {
     let mut v = fixture_json("shopify_python_api__order.json");
     v["order"]["fulfillments"] = serde_json::json!([]);
     v["order"]["fulfillment_status"] = Value::Null;

@@ -337,8 +337,9 @@ async fn jobs_survive_crashes_and_back_off(db: Db) {
     assert_eq!(store.pending_jobs().await.unwrap(), 1);
 
     // Worker A claims with a short lease and "crashes"; B takes over after the lease.
+    // (The lease is long enough that a loaded machine cannot let it run out before B tries.)
     let a = store
-        .claim_job("worker-a", 50)
+        .claim_job("worker-a", 1_000)
         .await
         .unwrap()
         .expect("claimed");
@@ -348,7 +349,7 @@ async fn jobs_survive_crashes_and_back_off(db: Db) {
         store.claim_job("worker-b", 50).await.unwrap().is_none(),
         "leased"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
     let b = store
         .claim_job("worker-b", 60_000)
         .await

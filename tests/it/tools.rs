@@ -554,7 +554,7 @@ async fn audit_chain_detects_tampering(db: Db) {
     // The table refuses changes …
     let tamper = "UPDATE audit_log SET args = '{\"order_id\":\"#W3897284\",\"reason\":\"ordered by mistake\"}' WHERE seq = 2";
     assert!(
-        sqlx::query(tamper).execute(store.pool()).await.is_err(),
+        store.write_execute(sqlx::query(tamper)).await.is_err(),
         "append-only"
     );
     // … and someone who removes that guard is still caught.
@@ -562,8 +562,8 @@ async fn audit_chain_detects_tampering(db: Db) {
         Backend::Sqlite => "DROP TRIGGER audit_log_no_update",
         Backend::Postgres => "DROP TRIGGER audit_log_no_update ON audit_log",
     };
-    sqlx::query(drop).execute(store.pool()).await.unwrap();
-    sqlx::query(tamper).execute(store.pool()).await.unwrap();
+    store.write_execute(sqlx::query(drop)).await.unwrap();
+    store.write_execute(sqlx::query(tamper)).await.unwrap();
     let check = store.verify_audit_chain().await.unwrap();
     let bad = check.first_bad.expect("tampering detected");
     assert_eq!(bad.seq, 2, "{bad}");
@@ -1070,12 +1070,7 @@ impl Template {
             .import(&b.customers, &b.products, &b.orders, |_| {})
             .await
             .expect("import");
-        if db == Db::Sqlite {
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(store.pool())
-                .await
-                .unwrap();
-        }
+        // (Closing checkpoints SQLite's WAL into the file.)
         store.close().await;
         Some(template)
     }

@@ -769,10 +769,12 @@ async fn identity_links_expire_and_a_fresh_verification_renews_them(db: Db) {
 
     // 31 days later (the link's date moved back), the link is not used.
     let month = 31 * 24 * 3600 * 1000_i64;
-    sqlx::query("UPDATE identities SET verified_at = verified_at - $2 WHERE id = $1")
-        .bind(identity.as_str())
-        .bind(month)
-        .execute(store.pool())
+    store
+        .write_execute(
+            sqlx::query("UPDATE identities SET verified_at = verified_at - $2 WHERE id = $1")
+                .bind(identity.as_str())
+                .bind(month),
+        )
         .await
         .unwrap();
     let (r, _, conv3) = turn(&app, "tg-1", "chat-3", "where is my order?", PLAIN).await;
