@@ -76,6 +76,25 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
 }
 
 /// The key id of a public key: base64url of the first 16 bytes of SHA-256(raw key).
+/// A stored public key, parsed once: decoding it (and decompressing the curve point) on every
+/// signed request would cost more than the signature check's bookkeeping. Bounded: emptied when
+/// full.
+fn parsed_public_key(text: &str) -> Result<VerifyingKey, String> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static PARSED: LazyLock<Mutex<HashMap<String, VerifyingKey>>> = LazyLock::new(Default::default);
+    if let Some(k) = PARSED.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
+        return Ok(*k);
+    }
+    let key = parse_public_key(text)?;
+    let mut map = PARSED.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= 10_000 {
+        map.clear();
+    }
+    map.insert(text.to_string(), key);
+    Ok(key)
+}
+
 pub fn key_id(key: &VerifyingKey) -> String {
     let digest = Sha256::digest(key.as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..16])
@@ -664,7 +683,7 @@ pub async fn verify_request(
             ),
         ));
     }
-    let public = parse_public_key(&key.public_key)
+    let public = parsed_public_key(&key.public_key)
         .map_err(|e| GatewayError::Internal(format!("stored key {key_id}: {e}")))?;
 
     let base = signature_base(&params, state.config.server.public_url.as_deref(), req)?;

@@ -383,25 +383,31 @@ fn limits() -> AuthorizerLimits {
 /// Runs every check of `token` (authority and attenuations) against the call. The error is the
 /// failed checks, as Datalog.
 pub fn authorize(token: &Biscuit, facts: &CallFacts<'_>) -> Result<(), String> {
-    let mut params = std::collections::HashMap::new();
-    params.insert("op".to_string(), Term::from(facts.operation));
-    params.insert("customer".to_string(), Term::from(facts.customer_id));
-    params.insert("spend".to_string(), Term::from(facts.spend));
-    params.insert("now".to_string(), date(facts.now));
-    let mut code = String::from(
-        "operation({op});\ncustomer_call({customer});\nspend({spend});\ntime({now});\n",
-    );
-    for (i, c) in facts.categories.iter().enumerate() {
-        params.insert(format!("cat{i}"), Term::from(c.as_str()));
-        code.push_str(&format!("category({{cat{i}}});\n"));
+    use biscuit_auth::builder::{fact, int, string};
+    // The authorizer's own check and policy are parsed once; the call's facts are built
+    // directly, with no Datalog text to parse per call.
+    static BASE: std::sync::LazyLock<Result<AuthorizerBuilder, String>> =
+        std::sync::LazyLock::new(|| {
+            AuthorizerBuilder::new()
+                .code("check if customer_call($c), customer($c);\nallow if true;")
+                .map(|b| b.set_limits(limits()))
+                .map_err(|e| e.to_string())
+        });
+    let mut builder = BASE.clone()?;
+    let mut add = |f| -> Result<(), String> {
+        builder = std::mem::take(&mut builder)
+            .fact(f)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    add(fact("operation", &[string(facts.operation)]))?;
+    add(fact("customer_call", &[string(facts.customer_id)]))?;
+    add(fact("spend", &[int(facts.spend)]))?;
+    add(fact("time", &[date(facts.now)]))?;
+    for c in facts.categories {
+        add(fact("category", &[string(c)]))?;
     }
-    code.push_str("check if customer_call($c), customer($c);\nallow if true;\n");
-    let mut authorizer = AuthorizerBuilder::new()
-        .code_with_params(&code, params, Default::default())
-        .map_err(|e| e.to_string())?
-        .set_limits(limits())
-        .build(token)
-        .map_err(|e| e.to_string())?;
+    let mut authorizer = builder.build(token).map_err(|e| e.to_string())?;
     authorizer.authorize().map(|_| ()).map_err(|e| match e {
         biscuit_auth::error::Token::FailedLogic(logic) => logic.to_string(),
         other => other.to_string(),
