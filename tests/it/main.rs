@@ -20,6 +20,7 @@ mod inbox;
 mod limits;
 mod llm;
 mod marketplace;
+mod negotiate;
 mod shopify;
 mod smtp_sink;
 mod store;
