@@ -68,13 +68,16 @@ impl Aspiration {
 
 impl Strategy for Aspiration {
     fn respond(&self, setup: &Setup, offer: &Terms, at: Moment) -> Decision {
-        let t = at.t(setup);
+        // The brand's last counter-offer (the agent has one move left after it) is its final
+        // word: at the target.
+        let last = at.round + 3 >= setup.max_rounds;
+        let t = if last { 1.0 } else { at.t(setup) };
         let next = Aspiration::offer(setup, offer, t);
         let theirs = setup.margin(offer);
         if theirs >= setup.margin(&next) {
             return Decision::Accept;
         }
-        if t >= setup.accept_near_deadline {
+        if t >= setup.accept_near_deadline || last {
             let target = setup.priced(offer, |s, q| price_at(setup, s, q, setup.target));
             if theirs >= setup.margin(&target) {
                 return Decision::Accept;
@@ -301,7 +304,7 @@ mod tests {
                 Decision::End(_) => {}
             }
         }
-        assert!(deals > 1000 && counters > 1000, "deals {deals}, counters {counters}");
+        assert!(deals > 300 && counters > 1000, "deals {deals}, counters {counters}");
     }
 
     #[test]
