@@ -435,6 +435,8 @@ async fn upgrades_need_a_signature_and_a_token_allowing_negotiate_within_its_cat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_limit_caps_every_offer_and_deal() {
+    // Metrics are recorded once a recorder is installed (the [metrics] listener does it).
+    let _ = concierge::telemetry::metrics_handle();
     let app = shop(Db::Sqlite).await.unwrap();
     let agent = register(&app, "buyer-bot").await;
     // Two shirts at list + shipping is 10,599; the token has 9,000.
@@ -453,6 +455,33 @@ async fn the_token_limit_caps_every_offer_and_deal() {
     // What is left cannot buy another pair even at the floors.
     let r = open(&mut ws, "r-2", json!([{"variant_id": SHIRT, "quantity": 2}]), json!({})).await;
     assert_eq!(r["code"], "spending_limit", "{left} left: {r}");
+
+    // Staff see it on the Negotiations page, with its transcript and chart.
+    crate::inbox::add_staff(&app, "sam@example.com", "agent").await;
+    let staff = crate::inbox::login(&app, "sam@example.com").await;
+    let get = |path: String| {
+        let cookie = staff.cookie.clone();
+        let c = crate::inbox::client();
+        let url = app.url(&path);
+        async move {
+            let r = c.get(url).header("cookie", format!("concierge_staff={cookie}")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, page) = get("/inbox/negotiations".into()).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&id) && page.contains("buyer-bot") && page.contains("agreed"), "{page}");
+    assert!(page.contains("negotiations-by-category") && page.contains("T-Shirt"));
+    let (_, filtered) = get("/inbox/negotiations?status=ended".into()).await;
+    assert!(!filtered.contains(&id), "the status filter applies");
+    let (status, page) = get(format!("/inbox/negotiations/{id}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<svg class=\"negotiation-chart\"") && page.contains("<polyline class=\"brand\""), "{page}");
+    assert!(page.contains(d["deal_hash"].as_str().unwrap()));
+    // And in the metrics.
+    let metrics = concierge::telemetry::metrics_handle().render();
+    assert!(metrics.contains("concierge_negotiations_agreed_total"), "{metrics}");
+    assert!(metrics.contains("concierge_negotiation_move_seconds"));
     app.stop().await;
 }
 
