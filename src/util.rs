@@ -204,7 +204,11 @@ fn es_number(v: f64) -> String {
         format!("0.{}{digits}", "0".repeat((-n) as usize))
     } else {
         let e = n - 1;
-        let e = if e >= 0 { format!("+{e}") } else { e.to_string() };
+        let e = if e >= 0 {
+            format!("+{e}")
+        } else {
+            e.to_string()
+        };
         if k == 1 {
             format!("{digits}e{e}")
         } else {
@@ -222,8 +226,19 @@ mod tests {
     fn jcs_follows_rfc_8785() {
         // RFC 8785 §3.2.2 and appendix B: numbers as ECMAScript prints them.
         let numbers = serde_json::json!([
-            333333333.33333329_f64, 1e30_f64, 4.50_f64, 2e-3_f64, 1e-27_f64, 1e21_f64, 1e-7_f64,
-            123e-7_f64, -0.0_f64, 9007199254740992_u64, 9007199254740993_u64, -5_i64, 1e20_f64
+            333_333_333.333_333_3_f64,
+            1e30_f64,
+            4.50_f64,
+            2e-3_f64,
+            1e-27_f64,
+            1e21_f64,
+            1e-7_f64,
+            123e-7_f64,
+            -0.0_f64,
+            9007199254740992_u64,
+            9007199254740993_u64,
+            -5_i64,
+            1e20_f64
         ]);
         assert_eq!(
             jcs(&numbers),
@@ -240,11 +255,12 @@ mod tests {
         );
         // Keys sort by UTF-16 code units: U+1D11E (a surrogate pair) before U+FB33.
         let v = serde_json::json!({"\u{fb33}": 1, "\u{1d11e}": 2, "\r": 3, "1": 4, "a": 5});
-        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&jcs(&v))
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<String> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&jcs(&v))
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
         assert_eq!(keys, ["\r", "1", "a", "\u{1d11e}", "\u{fb33}"]);
         assert!(jcs_sha256(&serde_json::json!({})).starts_with("sha256:"));
     }

@@ -73,7 +73,11 @@ fn product(id: &str, category: &str, variant: &str, price: i64) -> Product {
 
 impl Bench {
     async fn connect(&self) -> anyhow::Result<Ws> {
-        let http = format!("http://{}{}", self.addr, crate::gateway::negotiation::WS_PATH);
+        let http = format!(
+            "http://{}{}",
+            self.addr,
+            crate::gateway::negotiation::WS_PATH
+        );
         let mut req = http.replacen("http://", "ws://", 1).into_client_request()?;
         let h = identity::sign_request(
             &self.key,
@@ -135,7 +139,9 @@ async fn twenty_rounds(b: &Bench, ws: &mut Ws, request_id: &str) -> anyhow::Resu
     }
     let deal = call(
         ws,
-        &b.sign(json!({"type": "offer", "negotiation_id": id, "round": 19, "terms": last["terms"]})),
+        &b.sign(
+            json!({"type": "offer", "negotiation_id": id, "round": 19, "terms": last["terms"]}),
+        ),
     )
     .await?;
     anyhow::ensure!(deal["type"] == "deal", "accept: {deal}");
@@ -146,7 +152,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub async fn run(negotiations: usize, sockets: usize, python: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    negotiations: usize,
+    sockets: usize,
+    python: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::load(None, Vec::<(String, String)>::new())?;
     config.data_dir = dir.path().join("data");
@@ -159,8 +169,12 @@ pub async fn run(negotiations: usize, sockets: usize, python: Option<PathBuf>) -
     let state = app.state().clone();
     let addr = app.local_addr();
     let store = &state.store;
-    store.put_product(&product("bench-p-shirt", "T-Shirt", SHIRT, 5000)).await?;
-    store.put_product(&product("bench-p-kettle", "Tea Kettle", KETTLE, 12000)).await?;
+    store
+        .put_product(&product("bench-p-shirt", "T-Shirt", SHIRT, 5000))
+        .await?;
+    store
+        .put_product(&product("bench-p-kettle", "Tea Kettle", KETTLE, 12000))
+        .await?;
     store
         .put_customer(&Customer {
             id: CUSTOMER.into(),
@@ -180,7 +194,12 @@ pub async fn run(negotiations: usize, sockets: usize, python: Option<PathBuf>) -
     let key = identity::generate_key();
     let key_id = identity::key_id(&key.verifying_key());
     store
-        .register_agent_key("bench-buyer", &key_id, &identity::encode_public_key(&key.verifying_key()), now)
+        .register_agent_key(
+            "bench-buyer",
+            &key_id,
+            &identity::encode_public_key(&key.verifying_key()),
+            now,
+        )
         .await?;
     let agent_id = store
         .agent_key(&key_id)
@@ -286,10 +305,18 @@ pub async fn run(negotiations: usize, sockets: usize, python: Option<PathBuf>) -
 }
 
 /// The NegMAS comparison: `tests/py/negmas_agent.py` with `compare`.
-async fn negmas(b: &Bench, service: &SigningKey, brand_dir: &std::path::Path, py: &std::path::Path) -> anyhow::Result<()> {
+async fn negmas(
+    b: &Bench,
+    service: &SigningKey,
+    brand_dir: &std::path::Path,
+    py: &std::path::Path,
+) -> anyhow::Result<()> {
     let config = crate::negotiate::NegotiationConfig::for_brand(brand_dir);
     let script = std::path::Path::new("tests/py/negmas_agent.py");
-    anyhow::ensure!(script.exists(), "run the bench from the project folder (tests/py/negmas_agent.py)");
+    anyhow::ensure!(
+        script.exists(),
+        "run the bench from the project folder (tests/py/negmas_agent.py)"
+    );
     let ship = config
         .shipping
         .first()
@@ -301,7 +328,9 @@ async fn negmas(b: &Bench, service: &SigningKey, brand_dir: &std::path::Path, py
         (KETTLE, "Tea Kettle", 12000, "bench-p-kettle"),
     ] {
         let rule = config.rule(product, Some(category));
-        let floor = ((list as f64 * rule.floor_share).ceil() as i64).max(rule.floor_amount).min(list);
+        let floor = ((list as f64 * rule.floor_share).ceil() as i64)
+            .max(rule.floor_amount)
+            .min(list);
         let cost = (list as f64 * rule.cost_ratio).round() as i64;
         // Buyers whose budgets sit between the floor and the list price (the zones overlap).
         let budgets: Vec<i64> = [0.25, 0.5, 0.75, 1.0]
@@ -336,7 +365,11 @@ async fn negmas(b: &Bench, service: &SigningKey, brand_dir: &std::path::Path, py
         let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
         let below = v["runs"]
             .as_array()
-            .map(|r| r.iter().filter(|r| r["price"].as_i64().is_some_and(|p| p < floor)).count())
+            .map(|r| {
+                r.iter()
+                    .filter(|r| r["price"].as_i64().is_some_and(|p| p < floor))
+                    .count()
+            })
             .unwrap_or(0);
         lines.push(format!(
             "  NegMAS buyers vs {category} (list {list}, floor {floor}, 6 negotiators × 4 budgets, 20 rounds): \

@@ -56,7 +56,10 @@ fn gateway_error(e: &GatewayError) -> Response {
 }
 
 /// The signed caller of a request without a body, or the refusal.
-async fn signed_caller(state: &AppState, parts: &axum::http::request::Parts) -> Result<Caller, Response> {
+async fn signed_caller(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Result<Caller, Response> {
     let req = SignedRequest {
         method: &parts.method,
         uri: &parts.uri,
@@ -106,7 +109,11 @@ async fn upgrade(State(state): State<AppState>, req: Request) -> Response {
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e),
         },
         _ => {
-            return error(StatusCode::UNAUTHORIZED, "unknown_key", "the signing key is not registered");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unknown_key",
+                "the signing key is not registered",
+            );
         }
     };
     let service = match super::service_key(&state) {
@@ -189,7 +196,11 @@ impl Session {
                 () = sleep => self.expire_due().await,
             };
             for f in out {
-                if sink.send(WsMessage::Text(f.to_string().into())).await.is_err() {
+                if sink
+                    .send(WsMessage::Text(f.to_string().into()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -239,7 +250,11 @@ impl Session {
                 items,
                 max_rounds,
                 deadline_ms,
-            } => ("open", self.open(&request_id, &items, max_rounds, deadline_ms).await),
+            } => (
+                "open",
+                self.open(&request_id, &items, max_rounds, deadline_ms)
+                    .await,
+            ),
             ClientFrame::Offer {
                 negotiation_id,
                 round,
@@ -257,7 +272,9 @@ impl Session {
                 sig,
                 signed,
             } => {
-                let r = self.accept(&negotiation_id, round, &terms_hash, sig, signed).await;
+                let r = self
+                    .accept(&negotiation_id, round, &terms_hash, sig, signed)
+                    .await;
                 ("accept", r.map_err(|e| e.on(&negotiation_id)))
             }
             ClientFrame::End {
@@ -300,18 +317,31 @@ impl Session {
         }
         let c = self.config.clone();
         if !c.enabled {
-            return Err(FrameError::new("not_negotiable", "this store does not negotiate"));
+            return Err(FrameError::new(
+                "not_negotiable",
+                "this store does not negotiate",
+            ));
         }
         let now = now_ms();
-        let live = self.cache.values().filter(|n| n.status(now).is_live()).count();
+        let live = self
+            .cache
+            .values()
+            .filter(|n| n.status(now).is_live())
+            .count();
         if live >= c.max_open_per_socket {
             return Err(FrameError::new(
                 "too_many_negotiations",
-                format!("a socket may have {} negotiations open at once", c.max_open_per_socket),
+                format!(
+                    "a socket may have {} negotiations open at once",
+                    c.max_open_per_socket
+                ),
             ));
         }
         if self.grant.expires_at <= now {
-            return Err(FrameError::new("token_expired", "the capability token has expired"));
+            return Err(FrameError::new(
+                "token_expired",
+                "the capability token has expired",
+            ));
         }
         let max_rounds = match max_rounds {
             None => c.max_rounds,
@@ -321,7 +351,10 @@ impl Session {
             Some(r) => {
                 return Err(FrameError::new(
                     "bad_frame",
-                    format!("max_rounds {r}: it must be 2..={}", crate::negotiate::config::MAX_ROUNDS_CAP),
+                    format!(
+                        "max_rounds {r}: it must be 2..={}",
+                        crate::negotiate::config::MAX_ROUNDS_CAP
+                    ),
                 ));
             }
         };
@@ -333,7 +366,10 @@ impl Session {
             Some(d) => {
                 return Err(FrameError::new(
                     "bad_frame",
-                    format!("deadline_ms {d}: it must be 100..={}", crate::negotiate::config::MAX_DEADLINE_MS),
+                    format!(
+                        "deadline_ms {d}: it must be 100..={}",
+                        crate::negotiate::config::MAX_DEADLINE_MS
+                    ),
                 ));
             }
         };
@@ -448,7 +484,10 @@ impl Session {
         let unknown = || {
             FrameError::new(
                 "terms_out_of_range",
-                format!("items[{i}]: no variant {:?} in the catalogue", item.variant_id),
+                format!(
+                    "items[{i}]: no variant {:?} in the catalogue",
+                    item.variant_id
+                ),
             )
         };
         let product_id = store
@@ -494,7 +533,10 @@ impl Session {
         if item.quantity < 1 || item.quantity > max {
             return Err(FrameError::new(
                 "terms_out_of_range",
-                format!("items[{i}]: quantity {} is outside 1..={max}", item.quantity),
+                format!(
+                    "items[{i}]: quantity {} is outside 1..={max}",
+                    item.quantity
+                ),
             ));
         }
         let list = variant.price;
@@ -593,7 +635,11 @@ impl Session {
                 "out_of_turn",
                 format!(
                     "round {round} is not yours to play: the next move is round {expected}, by {}",
-                    if n.agent_to_move() { "you" } else { "the brand" }
+                    if n.agent_to_move() {
+                        "you"
+                    } else {
+                        "the brand"
+                    }
                 ),
             ));
         }
@@ -666,8 +712,14 @@ impl Session {
                     frame: reply.clone(),
                     at: now,
                 };
-                self.commit(&n, vec![agent_move, brand_move], Status::Offering, None, now)
-                    .await?;
+                self.commit(
+                    &n,
+                    vec![agent_move, brand_move],
+                    Status::Offering,
+                    None,
+                    now,
+                )
+                .await?;
                 Ok(vec![reply])
             }
             Decision::End(reason) => self.finish(&n, vec![agent_move], reason, now).await,
@@ -702,7 +754,10 @@ impl Session {
                 "the brand has made no offer to accept yet: make an offer",
             ));
         };
-        let terms = offer.terms.clone().ok_or_else(|| Self::internal("offer without terms"))?;
+        let terms = offer
+            .terms
+            .clone()
+            .ok_or_else(|| Self::internal("offer without terms"))?;
         if terms.hash() != terms_hash {
             return Err(FrameError::new(
                 "hash_mismatch",
@@ -755,7 +810,9 @@ impl Session {
         self.commit(&n, vec![m], Status::Ended, Some("ended_by_agent"), now)
             .await?;
         metrics::ended("ended_by_agent", n.round() + 1);
-        Ok(vec![json!({"type": "ended", "negotiation_id": id, "reason": "ended_by_agent"})])
+        Ok(vec![
+            json!({"type": "ended", "negotiation_id": id, "reason": "ended_by_agent"}),
+        ])
     }
 
     async fn resume(&mut self, id: &str) -> Reply {
@@ -802,7 +859,8 @@ impl Session {
             sig: None,
             at: now,
         });
-        self.commit(n, moves, Status::Ended, Some(reason), now).await?;
+        self.commit(n, moves, Status::Ended, Some(reason), now)
+            .await?;
         metrics::ended(reason, round);
         Ok(vec![frame])
     }
@@ -876,8 +934,12 @@ impl Session {
             .reserve_spend(&n.token_id, total, OPERATION, None, now)
             .await
             .map_err(Self::internal)?;
-        let categories: Vec<String> =
-            n.setup.lines.iter().map(|l| l.category.to_lowercase()).collect();
+        let categories: Vec<String> = n
+            .setup
+            .lines
+            .iter()
+            .map(|l| l.category.to_lowercase())
+            .collect();
         let allowed = match &self.grant.token {
             Some(token) => tokens::authorize(
                 token,
@@ -981,11 +1043,27 @@ async fn get_negotiation(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let agent = caller.agent.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+    let agent = caller
+        .agent
+        .as_ref()
+        .map(|a| a.id.clone())
+        .unwrap_or_default();
     let n = match nstore::load(&state.store, &id).await {
         Ok(Some(n)) if n.agent_id == agent => n,
-        Ok(_) => return error(StatusCode::NOT_FOUND, "not_found", "no such negotiation of yours"),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such negotiation of yours",
+            );
+        }
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            );
+        }
     };
     let mut body = n.transcript(now_ms());
     if n.deal_id.is_some()
@@ -1002,7 +1080,11 @@ async fn get_deal(State(state): State<AppState>, Path(id): Path<String>, req: Re
         Ok(c) => c,
         Err(r) => return r,
     };
-    let agent = caller.agent.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+    let agent = caller
+        .agent
+        .as_ref()
+        .map(|a| a.id.clone())
+        .unwrap_or_default();
     match nstore::deal(&state.store, &id).await {
         Ok(Some((d, owner))) if owner == agent => {
             let mut body = d.frame();
@@ -1016,7 +1098,11 @@ async fn get_deal(State(state): State<AppState>, Path(id): Path<String>, req: Re
             axum::Json(body).into_response()
         }
         Ok(_) => error(StatusCode::NOT_FOUND, "not_found", "no such deal of yours"),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
     }
 }
 

@@ -134,10 +134,10 @@ fn default_per_socket() -> usize {
     256
 }
 fn default_exponent() -> f64 {
-    3.0
+    4.0
 }
 fn default_target() -> f64 {
-    0.25
+    0.35
 }
 fn default_near() -> f64 {
     0.85
@@ -184,8 +184,8 @@ impl NegotiationConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
         };
-        let config: NegotiationConfig = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config: NegotiationConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config
             .check()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -226,18 +226,30 @@ impl NegotiationConfig {
             return Err(format!("deadline_ms must be 100..={MAX_DEADLINE_MS}"));
         }
         if self.max_quantity < 1 || self.max_lines < 1 || self.max_open_per_socket < 1 {
-            return Err("max_quantity, max_lines and max_open_per_socket must be at least 1".into());
+            return Err(
+                "max_quantity, max_lines and max_open_per_socket must be at least 1".into(),
+            );
         }
         let s = &self.strategy;
         if !(s.exponent > 0.0 && s.exponent <= 100.0) {
             return Err("strategy.exponent must be in (0, 100]".into());
         }
         if !(0.0..=1.0).contains(&s.target) || !(0.0..=1.0).contains(&s.accept_near_deadline) {
-            return Err("strategy.target and strategy.accept_near_deadline must be in [0, 1]".into());
+            return Err(
+                "strategy.target and strategy.accept_near_deadline must be in [0, 1]".into(),
+            );
         }
         let rules = std::iter::once(("defaults".to_string(), &self.defaults))
-            .chain(self.categories.iter().map(|(k, r)| (format!("categories.{k:?}"), r)))
-            .chain(self.products.iter().map(|(k, r)| (format!("products.{k:?}"), r)));
+            .chain(
+                self.categories
+                    .iter()
+                    .map(|(k, r)| (format!("categories.{k:?}"), r)),
+            )
+            .chain(
+                self.products
+                    .iter()
+                    .map(|(k, r)| (format!("products.{k:?}"), r)),
+            );
         for (name, r) in rules {
             if let Some(f) = r.floor_share
                 && !(0.0..=1.0).contains(&f)

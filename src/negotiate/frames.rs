@@ -111,7 +111,10 @@ fn only(o: &Map<String, Value>, allowed: &[&str]) -> Result<(), FrameError> {
     match o.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(FrameError::new(
             "bad_frame",
-            format!("unknown field `{k}`; this frame takes: {}", allowed.join(", ")),
+            format!(
+                "unknown field `{k}`; this frame takes: {}",
+                allowed.join(", ")
+            ),
         )),
         None => Ok(()),
     }
@@ -122,7 +125,10 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(FrameError::new(
             "frame_too_large",
-            format!("frames are at most {MAX_FRAME_BYTES} bytes; this one is {}", text.len()),
+            format!(
+                "frames are at most {MAX_FRAME_BYTES} bytes; this one is {}",
+                text.len()
+            ),
         ));
     }
     let value: Value = serde_json::from_str(text)
@@ -132,7 +138,12 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     };
     let kind = match o.get("type") {
         Some(Value::String(t)) => t.clone(),
-        _ => return Err(FrameError::new("bad_frame", "the frame needs a string `type`")),
+        _ => {
+            return Err(FrameError::new(
+                "bad_frame",
+                "the frame needs a string `type`",
+            ));
+        }
     };
     let with_id = |e: FrameError| match o.get("negotiation_id").and_then(Value::as_str) {
         Some(id) => e.on(id),
@@ -140,14 +151,17 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     };
     match kind.as_str() {
         "open" => {
-            only(&o, &["type", "request_id", "items", "max_rounds", "deadline_ms"])?;
+            only(
+                &o,
+                &["type", "request_id", "items", "max_rounds", "deadline_ms"],
+            )?;
             let items: Vec<Item> = serde_json::from_value(field(&o, "items")?.clone())
                 .map_err(|e| FrameError::new("bad_frame", format!("`items`: {e}")))?;
             let max_rounds = match o.get("max_rounds") {
                 None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
-                    FrameError::new("bad_frame", "`max_rounds` must be a positive integer")
-                })?),
+                Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(
+                    || FrameError::new("bad_frame", "`max_rounds` must be a positive integer"),
+                )?),
             };
             let deadline_ms = match o.get("deadline_ms") {
                 None | Some(Value::Null) => None,
@@ -165,9 +179,10 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         "offer" => {
             only(&o, &["type", "negotiation_id", "round", "terms", "sig"]).map_err(with_id)?;
             let negotiation_id = string(&o, "negotiation_id")?;
-            let terms: Terms = serde_json::from_value(field(&o, "terms")?.clone()).map_err(|e| {
-                FrameError::new("bad_frame", format!("`terms`: {e}")).on(&negotiation_id)
-            })?;
+            let terms: Terms =
+                serde_json::from_value(field(&o, "terms")?.clone()).map_err(|e| {
+                    FrameError::new("bad_frame", format!("`terms`: {e}")).on(&negotiation_id)
+                })?;
             let sig = string(&o, "sig").map_err(|_| {
                 FrameError::new("bad_signature", "an offer must carry `sig`").on(&negotiation_id)
             })?;
@@ -182,7 +197,11 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             })
         }
         "accept" => {
-            only(&o, &["type", "negotiation_id", "round", "terms_hash", "sig"]).map_err(with_id)?;
+            only(
+                &o,
+                &["type", "negotiation_id", "round", "terms_hash", "sig"],
+            )
+            .map_err(with_id)?;
             let negotiation_id = string(&o, "negotiation_id")?;
             let sig = string(&o, "sig").map_err(|_| {
                 FrameError::new("bad_signature", "an accept must carry `sig`").on(&negotiation_id)
@@ -246,7 +265,8 @@ pub fn verify(key: &VerifyingKey, unsigned: &Value, sig: &str) -> bool {
     let Ok(sig) = Signature::from_slice(&bytes) else {
         return false;
     };
-    key.verify(crate::util::jcs(unsigned).as_bytes(), &sig).is_ok()
+    key.verify(crate::util::jcs(unsigned).as_bytes(), &sig)
+        .is_ok()
 }
 
 /// The agent's committing frame as a verifier rebuilds it from a deal: an `accept` of the
@@ -269,16 +289,27 @@ mod tests {
     fn frames_parse_and_bad_ones_say_why() {
         assert_eq!(parse("{").unwrap_err().code, "bad_json");
         assert_eq!(parse("[]").unwrap_err().code, "bad_frame");
-        assert_eq!(parse(r#"{"type":"haggle"}"#).unwrap_err().code, "unknown_type");
-        assert_eq!(parse(&"x".repeat(MAX_FRAME_BYTES + 1)).unwrap_err().code, "frame_too_large");
+        assert_eq!(
+            parse(r#"{"type":"haggle"}"#).unwrap_err().code,
+            "unknown_type"
+        );
+        assert_eq!(
+            parse(&"x".repeat(MAX_FRAME_BYTES + 1)).unwrap_err().code,
+            "frame_too_large"
+        );
         let e = parse(r#"{"type":"offer","negotiation_id":"n1","round":1,"terms":{"lines":[],"shipping":"s","currency":"USD"}}"#).unwrap_err();
-        assert_eq!((e.code, e.negotiation_id.as_deref()), ("bad_signature", Some("n1")));
+        assert_eq!(
+            (e.code, e.negotiation_id.as_deref()),
+            ("bad_signature", Some("n1"))
+        );
         let e = parse(r#"{"type":"offer","negotiation_id":"n1","round":0,"terms":{"lines":[],"shipping":"s","currency":"USD"},"sig":"x"}"#).unwrap_err();
         assert_eq!(e.code, "bad_frame");
         let e = parse(r#"{"type":"accept","negotiation_id":"n1","round":2,"terms_hash":"h","sig":"x","extra":1}"#).unwrap_err();
         assert!(e.message.contains("extra"));
         assert!(matches!(
-            parse(r#"{"type":"open","request_id":"r","items":[{"variant_id":"v","quantity":1}],"max_rounds":10}"#),
+            parse(
+                r#"{"type":"open","request_id":"r","items":[{"variant_id":"v","quantity":1}],"max_rounds":10}"#
+            ),
             Ok(ClientFrame::Open { .. })
         ));
     }
@@ -289,8 +320,16 @@ mod tests {
         let f = signed(&key, json!({"type": "offer", "round": 2, "b": "ü"}));
         let mut unsigned = f.clone();
         let sig = unsigned.as_object_mut().unwrap().remove("sig").unwrap();
-        assert!(verify(&key.verifying_key(), &unsigned, sig.as_str().unwrap()));
+        assert!(verify(
+            &key.verifying_key(),
+            &unsigned,
+            sig.as_str().unwrap()
+        ));
         unsigned["round"] = json!(3);
-        assert!(!verify(&key.verifying_key(), &unsigned, sig.as_str().unwrap()));
+        assert!(!verify(
+            &key.verifying_key(),
+            &unsigned,
+            sig.as_str().unwrap()
+        ));
     }
 }

@@ -9,27 +9,58 @@ use crate::commerce::Minor;
 /// Why terms break a hard limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
-    BelowFloor { variant_id: String, unit_price: Minor, floor: Minor },
-    OverStock { variant_id: String, quantity: i64, max: i64 },
-    OverLimit { total: Minor, remaining: Minor },
-    Category { variant_id: String, category: String },
+    BelowFloor {
+        variant_id: String,
+        unit_price: Minor,
+        floor: Minor,
+    },
+    OverStock {
+        variant_id: String,
+        quantity: i64,
+        max: i64,
+    },
+    OverLimit {
+        total: Minor,
+        remaining: Minor,
+    },
+    Category {
+        variant_id: String,
+        category: String,
+    },
     Malformed(String),
 }
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Violation::BelowFloor { variant_id, unit_price, floor } => {
-                write!(f, "{variant_id}: unit price {unit_price} is below the floor {floor}")
+            Violation::BelowFloor {
+                variant_id,
+                unit_price,
+                floor,
+            } => {
+                write!(
+                    f,
+                    "{variant_id}: unit price {unit_price} is below the floor {floor}"
+                )
             }
-            Violation::OverStock { variant_id, quantity, max } => {
-                write!(f, "{variant_id}: quantity {quantity} is over the {max} available")
+            Violation::OverStock {
+                variant_id,
+                quantity,
+                max,
+            } => {
+                write!(
+                    f,
+                    "{variant_id}: quantity {quantity} is over the {max} available"
+                )
             }
             Violation::OverLimit { total, remaining } => write!(
                 f,
                 "the total {total} is over the {remaining} the agent's token has left to spend"
             ),
-            Violation::Category { variant_id, category } => write!(
+            Violation::Category {
+                variant_id,
+                category,
+            } => write!(
                 f,
                 "{variant_id}: category {category:?} is outside the token's categories"
             ),
@@ -44,7 +75,10 @@ pub fn check(setup: &Setup, terms: &Terms, remaining: Option<Minor>) -> Result<(
     setup.check_ranges(terms).map_err(Violation::Malformed)?;
     for l in &terms.lines {
         let Some(s) = setup.line(&l.variant_id) else {
-            return Err(Violation::Malformed(format!("unknown variant {}", l.variant_id)));
+            return Err(Violation::Malformed(format!(
+                "unknown variant {}",
+                l.variant_id
+            )));
         };
         if l.unit_price < s.floor {
             return Err(Violation::BelowFloor {

@@ -126,7 +126,7 @@ impl Negotiation {
 
     /// Whose move it is: the agent moves on odd rounds.
     pub fn agent_to_move(&self) -> bool {
-        self.round() % 2 == 0
+        self.round().is_multiple_of(2)
     }
 
     pub fn last_offer(&self, side: &str) -> Option<&Move> {

@@ -102,7 +102,11 @@ pub async fn load(store: &Store, id: &str) -> StoreResult<Option<Negotiation>> {
     .await?;
     let mut moves = Vec::with_capacity(rows.len());
     for r in &rows {
-        let side = if s(r, "side")? == "brand" { "brand" } else { "agent" };
+        let side = if s(r, "side")? == "brand" {
+            "brand"
+        } else {
+            "agent"
+        };
         let kind = match s(r, "kind")?.as_str() {
             "accept" => "accept",
             "end" => "end",
@@ -175,7 +179,11 @@ async fn write_step(
     step: &Step<'_>,
     deal_id: Option<&str>,
 ) -> Result<(), StepError> {
-    let last = step.moves.last().map(|m| m.round).unwrap_or(step.expect_round);
+    let last = step
+        .moves
+        .last()
+        .map(|m| m.round)
+        .unwrap_or(step.expect_round);
     let done = sqlx::query(
         "UPDATE negotiations SET round = $2, status = $3, end_reason = COALESCE($4, end_reason), \
            deal_id = COALESCE($5, deal_id), updated_at = $6 \
@@ -343,13 +351,20 @@ pub async fn list(store: &Store, f: &ListFilter) -> StoreResult<Vec<Summary>> {
     )
     .bind(f.status.as_str())
     .bind(f.agent_id.as_str())
-    .bind(if f.category.is_empty() { f.limit.max(1) } else { 5000 })
+    .bind(if f.category.is_empty() {
+        f.limit.max(1)
+    } else {
+        5000
+    })
     .fetch_all(store.pool())
     .await?;
     let mut out = Vec::new();
     for r in &rows {
         let categories: Vec<String> = json(&s(r, "categories")?, "negotiations.categories")?;
-        if !f.category.is_empty() && !categories.iter().any(|c| c.eq_ignore_ascii_case(&f.category))
+        if !f.category.is_empty()
+            && !categories
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&f.category))
         {
             continue;
         }

@@ -100,7 +100,9 @@ pub fn fit(setup: &Setup, terms: &Terms, remaining: Option<Minor>) -> Option<Ter
     for l in &mut t.lines {
         let s = setup.line(&l.variant_id)?;
         l.quantity = l.quantity.clamp(s.min_quantity, s.max_quantity);
-        l.unit_price = l.unit_price.clamp(s.floor.max(1), s.list_price.max(s.floor));
+        l.unit_price = l
+            .unit_price
+            .clamp(s.floor.max(1), s.list_price.max(s.floor));
     }
     if let Some(remaining) = remaining {
         let total = setup.total(&t);
@@ -235,13 +237,25 @@ mod tests {
                         .lines
                         .iter()
                         .map(|l| Line {
-                            variant_id: if r.random_bool(0.05) { "ghost".into() } else { l.variant_id.clone() },
+                            variant_id: if r.random_bool(0.05) {
+                                "ghost".into()
+                            } else {
+                                l.variant_id.clone()
+                            },
                             quantity: r.random_range(-2..40),
                             unit_price: r.random_range(-100..30_000),
                         })
                         .collect(),
-                    shipping: if r.random_bool(0.9) { setup.shipping[r.random_range(0..2)].id.clone() } else { "teleport".into() },
-                    currency: if r.random_bool(0.95) { "USD".into() } else { "EUR".into() },
+                    shipping: if r.random_bool(0.9) {
+                        setup.shipping[r.random_range(0..2)].id.clone()
+                    } else {
+                        "teleport".into()
+                    },
+                    currency: if r.random_bool(0.95) {
+                        "USD".into()
+                    } else {
+                        "EUR".into()
+                    },
                 }),
             }
         }
@@ -272,23 +286,33 @@ mod tests {
         let mut counters = 0;
         for case in 0..20_000 {
             let mut s = setup();
-            s.remaining_limit = if r.random_bool(0.2) { None } else { Some(r.random_range(0..60_000)) };
+            s.remaining_limit = if r.random_bool(0.2) {
+                None
+            } else {
+                Some(r.random_range(0..60_000))
+            };
             if r.random_bool(0.3) {
                 s.token_categories = vec!["t-shirt".into()];
             }
             s.exponent = r.random_range(0.1..10.0);
             s.target = r.random_range(0.0..1.0);
             let strategy: Box<dyn Strategy> = if case % 2 == 0 {
-                Box::new(Random(std::cell::RefCell::new(rand_chacha::ChaCha8Rng::seed_from_u64(case))))
+                Box::new(Random(std::cell::RefCell::new(
+                    rand_chacha::ChaCha8Rng::seed_from_u64(case),
+                )))
             } else {
                 Box::new(Aspiration)
             };
             let offer = random_offer(&mut r, &s);
-            let at = Moment { round: r.random_range(1..s.max_rounds + 2), now: r.random_range(0..40_000) };
+            let at = Moment {
+                round: r.random_range(1..s.max_rounds + 2),
+                now: r.random_range(0..40_000),
+            };
             match decide(&s, strategy.as_ref(), &offer, at, s.remaining_limit) {
                 Decision::Accept => {
                     deals += 1;
-                    limits::check(&s, &offer, s.remaining_limit).expect("an accepted offer within every limit");
+                    limits::check(&s, &offer, s.remaining_limit)
+                        .expect("an accepted offer within every limit");
                     for l in &offer.lines {
                         assert!(l.unit_price >= s.line(&l.variant_id).unwrap().floor);
                     }
@@ -298,13 +322,20 @@ mod tests {
                 }
                 Decision::Counter(t) => {
                     counters += 1;
-                    assert!(at.round + 1 < s.max_rounds, "a counter leaves the agent a round");
-                    limits::check(&s, &t, s.remaining_limit).expect("a counter-offer within every limit");
+                    assert!(
+                        at.round + 1 < s.max_rounds,
+                        "a counter leaves the agent a round"
+                    );
+                    limits::check(&s, &t, s.remaining_limit)
+                        .expect("a counter-offer within every limit");
                 }
                 Decision::End(_) => {}
             }
         }
-        assert!(deals > 300 && counters > 1000, "deals {deals}, counters {counters}");
+        assert!(
+            deals > 300 && counters > 1000,
+            "deals {deals}, counters {counters}"
+        );
     }
 
     #[test]
@@ -319,7 +350,10 @@ mod tests {
         let at = Moment { round: 1, now: 0 };
         assert_eq!(Aspiration.respond(&s, &like, at), Decision::Accept);
         let floors = s.priced(&like, |l, _| l.floor);
-        assert!(matches!(Aspiration.respond(&s, &floors, at), Decision::Counter(_)));
+        assert!(matches!(
+            Aspiration.respond(&s, &floors, at),
+            Decision::Counter(_)
+        ));
         assert!((s.advantage(&like) - 1.0).abs() < 1e-9);
         assert!(s.advantage(&floors).abs() < 1e-9);
     }

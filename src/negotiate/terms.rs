@@ -168,7 +168,11 @@ impl Setup {
                     unit_price: l.list_price,
                 })
                 .collect(),
-            shipping: self.shipping.first().map(|o| o.id.clone()).unwrap_or_default(),
+            shipping: self
+                .shipping
+                .first()
+                .map(|o| o.id.clone())
+                .unwrap_or_default(),
             currency: self.currency.clone(),
         }
     }
@@ -245,7 +249,10 @@ impl Setup {
                     l.variant_id
                 ));
             };
-            if terms.lines[..i].iter().any(|p| p.variant_id == l.variant_id) {
+            if terms.lines[..i]
+                .iter()
+                .any(|p| p.variant_id == l.variant_id)
+            {
                 return Err(format!("lines[{i}]: variant {:?} twice", l.variant_id));
             }
             if l.quantity < s.min_quantity || l.quantity > s.max_quantity {

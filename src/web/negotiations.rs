@@ -83,7 +83,10 @@ pub async fn list(
     let mut by_category: BTreeMap<String, Tally> = BTreeMap::new();
     let mut out = Vec::new();
     for r in &rows {
-        let agent = names.get(&r.agent_id).cloned().unwrap_or_else(|| r.agent_id.clone());
+        let agent = names
+            .get(&r.agent_id)
+            .cloned()
+            .unwrap_or_else(|| r.agent_id.clone());
         let mut deal = None;
         let mut u = None;
         if r.status == "agreed"
@@ -125,7 +128,12 @@ pub async fn list(
     );
     data.insert(
         "by_category".into(),
-        json!(by_category.iter().map(|(k, t)| t.row(k)).collect::<Vec<_>>()),
+        json!(
+            by_category
+                .iter()
+                .map(|(k, t)| t.row(k))
+                .collect::<Vec<_>>()
+        ),
     );
     data.insert(
         "filters".into(),
@@ -133,11 +141,23 @@ pub async fn list(
     );
     data.insert(
         "agents".into(),
-        json!(names.iter().map(|(id, name)| json!({"id": id, "name": name, "selected": *id == filter.agent_id})).collect::<Vec<_>>()),
+        json!(
+            names
+                .iter()
+                .map(
+                    |(id, name)| json!({"id": id, "name": name, "selected": *id == filter.agent_id})
+                )
+                .collect::<Vec<_>>()
+        ),
     );
     data.insert(
         "statuses".into(),
-        json!(["open", "offering", "agreed", "ended", "expired"].iter().map(|s| json!({"value": s, "selected": *s == filter.status})).collect::<Vec<_>>()),
+        json!(
+            ["open", "offering", "agreed", "ended", "expired"]
+                .iter()
+                .map(|s| json!({"value": s, "selected": *s == filter.status}))
+                .collect::<Vec<_>>()
+        ),
     );
     web.page("negotiations", &data)
 }

@@ -22,7 +22,14 @@ const GIFT: &str = "v-gift-50";
 const SOLD_OUT: &str = "v-mug";
 const CUSTOMER: &str = "cust_ana";
 
-fn product(id: &str, category: &str, variant: &str, price: i64, stock: Option<i64>, available: bool) -> Product {
+fn product(
+    id: &str,
+    category: &str,
+    variant: &str,
+    price: i64,
+    stock: Option<i64>,
+    available: bool,
+) -> Product {
     Product {
         id: id.into(),
         source: "test".into(),
@@ -53,10 +60,25 @@ fn product(id: &str, category: &str, variant: &str, price: i64, stock: Option<i6
 async fn shop(db: Db) -> Option<TestApp> {
     let app = TestApp::spawn_on(db).await?;
     let s = app.store();
-    s.put_product(&product("p-shirt", "T-Shirt", SHIRT, 5000, Some(8), true)).await.unwrap();
-    s.put_product(&product("p-kettle", "Tea Kettle", KETTLE, 12000, None, true)).await.unwrap();
-    s.put_product(&product("p-gift", "Gift Card", GIFT, 5000, None, true)).await.unwrap();
-    s.put_product(&product("p-mug", "Mug", SOLD_OUT, 1500, None, false)).await.unwrap();
+    s.put_product(&product("p-shirt", "T-Shirt", SHIRT, 5000, Some(8), true))
+        .await
+        .unwrap();
+    s.put_product(&product(
+        "p-kettle",
+        "Tea Kettle",
+        KETTLE,
+        12000,
+        None,
+        true,
+    ))
+    .await
+    .unwrap();
+    s.put_product(&product("p-gift", "Gift Card", GIFT, 5000, None, true))
+        .await
+        .unwrap();
+    s.put_product(&product("p-mug", "Mug", SOLD_OUT, 1500, None, false))
+        .await
+        .unwrap();
     s.put_customer(&Customer {
         id: CUSTOMER.into(),
         source: "test".into(),
@@ -86,15 +108,32 @@ async fn register(app: &TestApp, name: &str) -> Agent {
     let key_id = identity::key_id(&key.verifying_key());
     let now = concierge::util::now_ms();
     app.store()
-        .register_agent_key(name, &key_id, &identity::encode_public_key(&key.verifying_key()), now)
+        .register_agent_key(
+            name,
+            &key_id,
+            &identity::encode_public_key(&key.verifying_key()),
+            now,
+        )
         .await
         .unwrap();
-    let id = app.store().agent_key(&key_id).await.unwrap().unwrap().agent_id;
+    let id = app
+        .store()
+        .agent_key(&key_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .agent_id;
     Agent { id, key, key_id }
 }
 
 /// A capability token for the customer: `ops`, a limit in minor units, categories.
-async fn token(app: &TestApp, agent: &Agent, ops: &[&str], limit: Option<i64>, categories: &[&str]) -> String {
+async fn token(
+    app: &TestApp,
+    agent: &Agent,
+    ops: &[&str],
+    limit: Option<i64>,
+    categories: &[&str],
+) -> String {
     let now = concierge::util::now_ms();
     let spec = tokens::TokenSpec {
         agent_id: agent.id.clone(),
@@ -106,10 +145,14 @@ async fn token(app: &TestApp, agent: &Agent, ops: &[&str], limit: Option<i64>, c
         escalate_over_limit: false,
     };
     let service = concierge::gateway::service_key(&app.state).unwrap();
-    tokens::issue(app.store(), service, &spec, "test", now).await.unwrap().0
+    tokens::issue(app.store(), service, &spec, "test", now)
+        .await
+        .unwrap()
+        .0
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn ws_url(app: &TestApp) -> (String, String) {
     let http = app.url("/agent/v1/negotiations/ws");
@@ -123,13 +166,22 @@ async fn connect(app: &TestApp, agent: Option<&Agent>, token: Option<&str>) -> R
     let mut req = ws.into_client_request().unwrap();
     if let Some(a) = agent {
         let created = concierge::util::now_ms() / 1000;
-        let h = identity::sign_request(&a.key, &a.key_id, "GET", &http, b"", &concierge::util::random_token(12), created);
+        let h = identity::sign_request(
+            &a.key,
+            &a.key_id,
+            "GET",
+            &http,
+            b"",
+            &concierge::util::random_token(12),
+            created,
+        );
         for (name, value) in h.pairs() {
             req.headers_mut().insert(name, value.parse().unwrap());
         }
     }
     if let Some(t) = token {
-        req.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),
@@ -139,7 +191,9 @@ async fn connect(app: &TestApp, agent: Option<&Agent>, token: Option<&str>) -> R
 }
 
 async fn send(ws: &mut Ws, frame: &Value) {
-    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
 }
 
 async fn recv(ws: &mut Ws) -> Value {
@@ -175,12 +229,18 @@ fn terms(lines: &[(&str, i64, i64)], shipping: &str) -> Value {
 }
 
 fn offer(agent: &Agent, id: &str, round: u64, t: Value) -> Value {
-    sign(&agent.key, json!({"type": "offer", "negotiation_id": id, "round": round, "terms": t}))
+    sign(
+        &agent.key,
+        json!({"type": "offer", "negotiation_id": id, "round": round, "terms": t}),
+    )
 }
 
 fn accept(agent: &Agent, id: &str, round: u64, brand_terms: &Value) -> Value {
     let hash = concierge::util::jcs_sha256(brand_terms);
-    sign(&agent.key, json!({"type": "accept", "negotiation_id": id, "round": round, "terms_hash": hash}))
+    sign(
+        &agent.key,
+        json!({"type": "accept", "negotiation_id": id, "round": round, "terms_hash": hash}),
+    )
 }
 
 async fn open(ws: &mut Ws, request_id: &str, items: Value, extra: Value) -> Value {
@@ -192,12 +252,18 @@ async fn open(ws: &mut Ws, request_id: &str, items: Value, extra: Value) -> Valu
 }
 
 fn service_public(app: &TestApp) -> ed25519_dalek::VerifyingKey {
-    concierge::gateway::service_key(&app.state).unwrap().verifying_key()
+    concierge::gateway::service_key(&app.state)
+        .unwrap()
+        .verifying_key()
 }
 
 fn verify_b64(key: &ed25519_dalek::VerifyingKey, value: &Value, sig: &str) -> bool {
     let bytes = STANDARD.decode(sig).unwrap();
-    key.verify(concierge::util::jcs(value).as_bytes(), &Signature::from_slice(&bytes).unwrap()).is_ok()
+    key.verify(
+        concierge::util::jcs(value).as_bytes(),
+        &Signature::from_slice(&bytes).unwrap(),
+    )
+    .is_ok()
 }
 
 /// Checks a deal frame from both sides' public keys alone.
@@ -205,17 +271,34 @@ fn check_deal(app: &TestApp, agent: &Agent, d: &Value) {
     assert_eq!(d["type"], "deal", "{d}");
     let deal = &d["deal"];
     assert_eq!(d["deal_hash"], concierge::util::jcs_sha256(deal));
-    assert!(verify_b64(&service_public(app), deal, d["brand_sig"].as_str().unwrap()), "brand_sig");
+    assert!(
+        verify_b64(&service_public(app), deal, d["brand_sig"].as_str().unwrap()),
+        "brand_sig"
+    );
     let t = &deal["terms"];
     let agent_frame = if deal["agent_move"] == "accept" {
         json!({"type": "accept", "negotiation_id": deal["negotiation_id"], "round": deal["agent_round"], "terms_hash": concierge::util::jcs_sha256(t)})
     } else {
         json!({"type": "offer", "negotiation_id": deal["negotiation_id"], "round": deal["agent_round"], "terms": t})
     };
-    assert!(verify_b64(&agent.key.verifying_key(), &agent_frame, d["agent_sig"].as_str().unwrap()), "agent_sig");
+    assert!(
+        verify_b64(
+            &agent.key.verifying_key(),
+            &agent_frame,
+            d["agent_sig"].as_str().unwrap()
+        ),
+        "agent_sig"
+    );
     assert_eq!(deal["agent_key_id"], agent.key_id.as_str());
     assert_eq!(deal["customer_id"], CUSTOMER);
-    for k in ["deal_id", "negotiation_id", "terms", "total", "valid_until", "created_at"] {
+    for k in [
+        "deal_id",
+        "negotiation_id",
+        "terms",
+        "total",
+        "valid_until",
+        "created_at",
+    ] {
         assert!(!deal[k].is_null(), "deal.{k}");
     }
 }
@@ -226,8 +309,16 @@ async fn a_negotiation_ends_in_a_deal_both_sides_can_prove(db: Db) {
     let Some(app) = shop(db).await else { return };
     let agent = register(&app, "buyer-bot").await;
     let tok = token(&app, &agent, &["negotiate"], Some(100_000), &[]).await;
-    let mut ws = connect(&app, Some(&agent), Some(&tok)).await.expect("upgrade");
-    let opened = open(&mut ws, "r-1", json!([{"variant_id": SHIRT, "quantity": 2}]), json!({"max_rounds": 20, "deadline_ms": 20000})).await;
+    let mut ws = connect(&app, Some(&agent), Some(&tok))
+        .await
+        .expect("upgrade");
+    let opened = open(
+        &mut ws,
+        "r-1",
+        json!([{"variant_id": SHIRT, "quantity": 2}]),
+        json!({"max_rounds": 20, "deadline_ms": 20000}),
+    )
+    .await;
     assert_eq!(opened["type"], "opened", "{opened}");
     assert_eq!(opened["request_id"], "r-1");
     assert_eq!(opened["max_rounds"], 20);
@@ -237,16 +328,30 @@ async fn a_negotiation_ends_in_a_deal_both_sides_can_prove(db: Db) {
     assert!(opened["issues"]["shipping"].as_array().unwrap().len() >= 2);
     let id = opened["negotiation_id"].as_str().unwrap().to_string();
     // The same open again is the same negotiation.
-    let again = open(&mut ws, "r-1", json!([{"variant_id": SHIRT, "quantity": 2}]), json!({})).await;
+    let again = open(
+        &mut ws,
+        "r-1",
+        json!([{"variant_id": SHIRT, "quantity": 2}]),
+        json!({}),
+    )
+    .await;
     assert_eq!(again["negotiation_id"], id.as_str());
 
     // The first brand offer is signed by the service key and names the next round.
-    let first = call(&mut ws, &offer(&agent, &id, 1, terms(&[(SHIRT, 2, 3000)], "standard"))).await;
+    let first = call(
+        &mut ws,
+        &offer(&agent, &id, 1, terms(&[(SHIRT, 2, 3000)], "standard")),
+    )
+    .await;
     assert_eq!(first["type"], "offer", "{first}");
     assert_eq!(first["round"], 2);
     let mut unsigned = first.clone();
     let sig = unsigned.as_object_mut().unwrap().remove("sig").unwrap();
-    assert!(verify_b64(&service_public(&app), &unsigned, sig.as_str().unwrap()));
+    assert!(verify_b64(
+        &service_public(&app),
+        &unsigned,
+        sig.as_str().unwrap()
+    ));
     let brand_price = first["terms"]["lines"][0]["unit_price"].as_i64().unwrap();
     assert!((4000..=5000).contains(&brand_price), "{first}");
 
@@ -254,7 +359,11 @@ async fn a_negotiation_ends_in_a_deal_both_sides_can_prove(db: Db) {
     let mut round = 3;
     let mut price = 3500;
     let deal = loop {
-        let r = call(&mut ws, &offer(&agent, &id, round, terms(&[(SHIRT, 2, price)], "standard"))).await;
+        let r = call(
+            &mut ws,
+            &offer(&agent, &id, round, terms(&[(SHIRT, 2, price)], "standard")),
+        )
+        .await;
         match r["type"].as_str().unwrap() {
             "offer" => {
                 let theirs = r["terms"]["lines"][0]["unit_price"].as_i64().unwrap();
@@ -270,7 +379,10 @@ async fn a_negotiation_ends_in_a_deal_both_sides_can_prove(db: Db) {
     check_deal(&app, &agent, &deal);
     let t = &deal["deal"]["terms"];
     let unit = t["lines"][0]["unit_price"].as_i64().unwrap();
-    assert!(unit >= 3750, "never below the T-shirt floor (75 % of list): {deal}");
+    assert!(
+        unit >= 3750,
+        "never below the T-shirt floor (75 % of list): {deal}"
+    );
     assert_eq!(deal["deal"]["total"], unit * 2 + 599);
 
     // The signed reads: the transcript and the deal with both signatures.
@@ -284,7 +396,12 @@ async fn a_negotiation_ends_in_a_deal_both_sides_can_prove(db: Db) {
     assert_eq!(body["status"], "agreed");
     let moves = body["moves"].as_array().unwrap();
     assert_eq!(moves.len() as i64, body["round"].as_i64().unwrap());
-    assert!(moves.iter().filter(|m| m["side"] == "agent").all(|m| m["sig"].is_string()));
+    assert!(
+        moves
+            .iter()
+            .filter(|m| m["side"] == "agent")
+            .all(|m| m["sig"].is_string())
+    );
     // Another agent sees neither.
     let other = register(&app, "snoop").await;
     let (status, _) = signed_get(&app, &other, &format!("/agent/v1/deals/{deal_id}")).await;
@@ -296,25 +413,46 @@ async fn a_negotiation_ends_in_a_deal_both_sides_can_prove(db: Db) {
     let v = app.store().verify_audit_chain().await.unwrap();
     assert!(v.is_intact(), "{v:?}");
     let entries = app.store().audit_entries(0, 1000).await.unwrap();
-    let e = entries.iter().find(|e| e.tool == "negotiation_deal").expect("audit entry");
+    let e = entries
+        .iter()
+        .find(|e| e.tool == "negotiation_deal")
+        .expect("audit entry");
     assert_eq!(e.args["deal_hash"], deal["deal_hash"]);
     // The deal's value is committed under the token.
-    let spent = app.store().token_spent(&tokens_id(&app, &agent).await).await.unwrap();
+    let spent = app
+        .store()
+        .token_spent(&tokens_id(&app, &agent).await)
+        .await
+        .unwrap();
     assert_eq!(spent, deal["deal"]["total"].as_i64().unwrap());
     // After the deal, further moves are refused.
-    let r = call(&mut ws, &offer(&agent, &id, 99, terms(&[(SHIRT, 2, 4000)], "standard"))).await;
+    let r = call(
+        &mut ws,
+        &offer(&agent, &id, 99, terms(&[(SHIRT, 2, 4000)], "standard")),
+    )
+    .await;
     assert_eq!(r["code"], "negotiation_closed", "{r}");
     app.stop().await;
 }
 crate::on_both!(a_negotiation_ends_in_a_deal_both_sides_can_prove);
 
 async fn tokens_id(app: &TestApp, agent: &Agent) -> String {
-    app.store().list_tokens(Some(&agent.id)).await.unwrap()[0].id.clone()
+    app.store().list_tokens(Some(&agent.id)).await.unwrap()[0]
+        .id
+        .clone()
 }
 
 async fn signed_get(app: &TestApp, agent: &Agent, path: &str) -> (u16, Value) {
     let url = app.url(path);
-    let h = identity::sign_request(&agent.key, &agent.key_id, "GET", &url, b"", &concierge::util::random_token(12), concierge::util::now_ms() / 1000);
+    let h = identity::sign_request(
+        &agent.key,
+        &agent.key_id,
+        "GET",
+        &url,
+        b"",
+        &concierge::util::random_token(12),
+        concierge::util::now_ms() / 1000,
+    );
     let mut req = app.client.get(&url);
     for (n, v) in h.pairs() {
         req = req.header(n, v);
@@ -332,9 +470,19 @@ async fn bad_frames_get_errors_and_store_no_move() {
     let agent = register(&app, "buyer-bot").await;
     let tok = token(&app, &agent, &["negotiate"], None, &[]).await;
     let mut ws = connect(&app, Some(&agent), Some(&tok)).await.unwrap();
-    let opened = open(&mut ws, "r-1", json!([{"variant_id": SHIRT, "quantity": 1}]), json!({})).await;
+    let opened = open(
+        &mut ws,
+        "r-1",
+        json!([{"variant_id": SHIRT, "quantity": 1}]),
+        json!({}),
+    )
+    .await;
     let id = opened["negotiation_id"].as_str().unwrap().to_string();
-    let moves = || async { concierge::negotiate::store::move_count(app.store(), &id).await.unwrap() };
+    let moves = || async {
+        concierge::negotiate::store::move_count(app.store(), &id)
+            .await
+            .unwrap()
+    };
     let good = terms(&[(SHIRT, 1, 3000)], "standard");
 
     let expect = |r: &Value, code: &str| {
@@ -344,33 +492,58 @@ async fn bad_frames_get_errors_and_store_no_move() {
     };
     ws.send(Message::Text("{not json".into())).await.unwrap();
     expect(&recv(&mut ws).await, "bad_json");
-    expect(&call(&mut ws, &json!({"type": "haggle", "negotiation_id": id})).await, "unknown_type");
+    expect(
+        &call(&mut ws, &json!({"type": "haggle", "negotiation_id": id})).await,
+        "unknown_type",
+    );
     expect(&call(&mut ws, &json!({"type": "offer", "negotiation_id": id, "round": 1, "terms": good, "sig": "x".repeat(20_000)})).await, "frame_too_large");
     // No signature, a garbage one, and another key's.
-    expect(&call(&mut ws, &json!({"type": "offer", "negotiation_id": id, "round": 1, "terms": good})).await, "bad_signature");
+    expect(
+        &call(
+            &mut ws,
+            &json!({"type": "offer", "negotiation_id": id, "round": 1, "terms": good}),
+        )
+        .await,
+        "bad_signature",
+    );
     let mut forged = offer(&agent, &id, 1, good.clone());
     forged["sig"] = json!(STANDARD.encode([0u8; 64]));
     expect(&call(&mut ws, &forged).await, "bad_signature");
     let stranger = register(&app, "stranger").await;
-    expect(&call(&mut ws, &offer(&stranger, &id, 1, good.clone())).await, "bad_signature");
+    expect(
+        &call(&mut ws, &offer(&stranger, &id, 1, good.clone())).await,
+        "bad_signature",
+    );
     // A signature over other terms than those sent.
     let mut swapped = offer(&agent, &id, 1, good.clone());
     swapped["terms"]["lines"][0]["unit_price"] = json!(100);
     expect(&call(&mut ws, &swapped).await, "bad_signature");
     // Out of turn: a round ahead; accepting before the brand offered anything.
-    expect(&call(&mut ws, &offer(&agent, &id, 3, good.clone())).await, "out_of_turn");
-    expect(&call(&mut ws, &accept(&agent, &id, 1, &good)).await, "nothing_to_accept");
+    expect(
+        &call(&mut ws, &offer(&agent, &id, 3, good.clone())).await,
+        "out_of_turn",
+    );
+    expect(
+        &call(&mut ws, &accept(&agent, &id, 1, &good)).await,
+        "nothing_to_accept",
+    );
     // Terms outside the issues' ranges.
     for bad in [
-        terms(&[(SHIRT, 9, 3000)], "standard"),   // more than the 8 in stock
-        terms(&[(SHIRT, 1, 6000)], "standard"),   // above list
-        terms(&[(SHIRT, 1, 3000)], "teleport"),   // no such shipping option
-        terms(&[(KETTLE, 1, 3000)], "standard"),  // not part of this negotiation
+        terms(&[(SHIRT, 9, 3000)], "standard"), // more than the 8 in stock
+        terms(&[(SHIRT, 1, 6000)], "standard"), // above list
+        terms(&[(SHIRT, 1, 3000)], "teleport"), // no such shipping option
+        terms(&[(KETTLE, 1, 3000)], "standard"), // not part of this negotiation
         json!({"lines": [{"variant_id": SHIRT, "quantity": 1, "unit_price": 3000}], "shipping": "standard", "currency": "EUR"}),
     ] {
-        expect(&call(&mut ws, &offer(&agent, &id, 1, bad)).await, "terms_out_of_range");
+        expect(
+            &call(&mut ws, &offer(&agent, &id, 1, bad)).await,
+            "terms_out_of_range",
+        );
     }
-    expect(&call(&mut ws, &offer(&agent, "neg_nope", 1, good.clone())).await, "unknown_negotiation");
+    expect(
+        &call(&mut ws, &offer(&agent, "neg_nope", 1, good.clone())).await,
+        "unknown_negotiation",
+    );
     assert_eq!(moves().await, 0, "nothing stored as a move");
 
     // The negotiation is still usable; then a replayed move is stale.
@@ -380,23 +553,82 @@ async fn bad_frames_get_errors_and_store_no_move() {
     assert_eq!(moves().await, 2);
     expect(&call(&mut ws, &first).await, "stale_round");
     // Accepting other terms than the brand's latest offer.
-    expect(&call(&mut ws, &accept(&agent, &id, 3, &good)).await, "hash_mismatch");
+    expect(
+        &call(&mut ws, &accept(&agent, &id, 3, &good)).await,
+        "hash_mismatch",
+    );
     assert_eq!(moves().await, 2);
 
     // Another agent's negotiation, from its own socket.
     let thief_tok = token(&app, &stranger, &["negotiate"], None, &[]).await;
-    let mut other = connect(&app, Some(&stranger), Some(&thief_tok)).await.unwrap();
-    expect(&call(&mut other, &offer(&stranger, &id, 3, good.clone())).await, "not_your_negotiation");
-    expect(&call(&mut other, &json!({"type": "resume", "negotiation_id": id})).await, "not_your_negotiation");
-    expect(&call(&mut other, &json!({"type": "end", "negotiation_id": id})).await, "not_your_negotiation");
+    let mut other = connect(&app, Some(&stranger), Some(&thief_tok))
+        .await
+        .unwrap();
+    expect(
+        &call(&mut other, &offer(&stranger, &id, 3, good.clone())).await,
+        "not_your_negotiation",
+    );
+    expect(
+        &call(&mut other, &json!({"type": "resume", "negotiation_id": id})).await,
+        "not_your_negotiation",
+    );
+    expect(
+        &call(&mut other, &json!({"type": "end", "negotiation_id": id})).await,
+        "not_your_negotiation",
+    );
     assert_eq!(moves().await, 2);
 
     // Open: products that cannot be negotiated.
-    expect(&open(&mut ws, "r-2", json!([{"variant_id": GIFT, "quantity": 1}]), json!({})).await, "not_negotiable");
-    expect(&open(&mut ws, "r-3", json!([{"variant_id": SOLD_OUT, "quantity": 1}]), json!({})).await, "out_of_stock");
-    expect(&open(&mut ws, "r-4", json!([{"variant_id": "v-none", "quantity": 1}]), json!({})).await, "terms_out_of_range");
-    expect(&open(&mut ws, "r-5", json!([{"variant_id": SHIRT, "quantity": 1}]), json!({"max_rounds": 51})).await, "bad_frame");
-    expect(&open(&mut ws, "r-6", json!([{"variant_id": SHIRT, "quantity": 1}]), json!({"deadline_ms": 60001})).await, "bad_frame");
+    expect(
+        &open(
+            &mut ws,
+            "r-2",
+            json!([{"variant_id": GIFT, "quantity": 1}]),
+            json!({}),
+        )
+        .await,
+        "not_negotiable",
+    );
+    expect(
+        &open(
+            &mut ws,
+            "r-3",
+            json!([{"variant_id": SOLD_OUT, "quantity": 1}]),
+            json!({}),
+        )
+        .await,
+        "out_of_stock",
+    );
+    expect(
+        &open(
+            &mut ws,
+            "r-4",
+            json!([{"variant_id": "v-none", "quantity": 1}]),
+            json!({}),
+        )
+        .await,
+        "terms_out_of_range",
+    );
+    expect(
+        &open(
+            &mut ws,
+            "r-5",
+            json!([{"variant_id": SHIRT, "quantity": 1}]),
+            json!({"max_rounds": 51}),
+        )
+        .await,
+        "bad_frame",
+    );
+    expect(
+        &open(
+            &mut ws,
+            "r-6",
+            json!([{"variant_id": SHIRT, "quantity": 1}]),
+            json!({"deadline_ms": 60001}),
+        )
+        .await,
+        "bad_frame",
+    );
     app.stop().await;
 }
 
@@ -405,29 +637,81 @@ async fn upgrades_need_a_signature_and_a_token_allowing_negotiate_within_its_cat
     let app = shop(Db::Sqlite).await.unwrap();
     let agent = register(&app, "buyer-bot").await;
     assert_eq!(connect(&app, None, None).await.err(), Some(401), "unsigned");
-    assert_eq!(connect(&app, Some(&agent), None).await.err(), Some(401), "no token");
+    assert_eq!(
+        connect(&app, Some(&agent), None).await.err(),
+        Some(401),
+        "no token"
+    );
     let reader = token(&app, &agent, &["get_order"], None, &[]).await;
-    assert_eq!(connect(&app, Some(&agent), Some(&reader)).await.err(), Some(403), "no negotiate");
+    assert_eq!(
+        connect(&app, Some(&agent), Some(&reader)).await.err(),
+        Some(403),
+        "no negotiate"
+    );
     let stranger = register(&app, "stranger").await;
     let tok = token(&app, &agent, &["negotiate"], None, &["Tea Kettle"]).await;
-    assert_eq!(connect(&app, Some(&stranger), Some(&tok)).await.err(), Some(401), "another agent's token");
+    assert_eq!(
+        connect(&app, Some(&stranger), Some(&tok)).await.err(),
+        Some(401),
+        "another agent's token"
+    );
     // A token scoped to kettles negotiates kettles, not shirts.
     let mut ws = connect(&app, Some(&agent), Some(&tok)).await.unwrap();
-    let r = open(&mut ws, "r-1", json!([{"variant_id": SHIRT, "quantity": 1}]), json!({})).await;
+    let r = open(
+        &mut ws,
+        "r-1",
+        json!([{"variant_id": SHIRT, "quantity": 1}]),
+        json!({}),
+    )
+    .await;
     assert_eq!(r["code"], "category_not_allowed", "{r}");
-    let r = open(&mut ws, "r-2", json!([{"variant_id": KETTLE, "quantity": 1}]), json!({})).await;
+    let r = open(
+        &mut ws,
+        "r-2",
+        json!([{"variant_id": KETTLE, "quantity": 1}]),
+        json!({}),
+    )
+    .await;
     assert_eq!(r["type"], "opened", "{r}");
     // A limit below what the items cost at their floors refuses the open.
     let small = token(&app, &agent, &["negotiate"], Some(5000), &[]).await;
     let mut ws = connect(&app, Some(&agent), Some(&small)).await.unwrap();
-    let r = open(&mut ws, "r-3", json!([{"variant_id": KETTLE, "quantity": 1}]), json!({})).await;
+    let r = open(
+        &mut ws,
+        "r-3",
+        json!([{"variant_id": KETTLE, "quantity": 1}]),
+        json!({}),
+    )
+    .await;
     assert_eq!(r["code"], "spending_limit", "{r}");
 
     // Discovery: the agent card's extension and the OpenAPI entries.
-    let card: Value = app.client.get(app.url("/.well-known/agent-card.json")).send().await.unwrap().json().await.unwrap();
-    let ext = card["capabilities"]["extensions"].as_array().unwrap().iter().find(|e| e["uri"] == "urn:concierge:extension:negotiation:v1").expect("extension").clone();
+    let card: Value = app
+        .client
+        .get(app.url("/.well-known/agent-card.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ext = card["capabilities"]["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["uri"] == "urn:concierge:extension:negotiation:v1")
+        .expect("extension")
+        .clone();
     assert_eq!(ext["params"]["url"], ws_url(&app).0);
-    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["paths"]["/agent/v1/negotiations/{negotiation_id}"]["get"].is_object());
     assert!(doc["paths"]["/agent/v1/deals/{deal_id}"]["get"].is_object());
     app.stop().await;
@@ -442,10 +726,20 @@ async fn the_token_limit_caps_every_offer_and_deal() {
     // Two shirts at list + shipping is 10,599; the token has 9,000.
     let tok = token(&app, &agent, &["negotiate"], Some(9000), &[]).await;
     let mut ws = connect(&app, Some(&agent), Some(&tok)).await.unwrap();
-    let opened = open(&mut ws, "r-1", json!([{"variant_id": SHIRT, "quantity": 2}]), json!({})).await;
+    let opened = open(
+        &mut ws,
+        "r-1",
+        json!([{"variant_id": SHIRT, "quantity": 2}]),
+        json!({}),
+    )
+    .await;
     let id = opened["negotiation_id"].as_str().unwrap().to_string();
     // Even a generous offer over the limit is not accepted; the brand's counter fits the limit.
-    let r = call(&mut ws, &offer(&agent, &id, 1, terms(&[(SHIRT, 2, 5000)], "standard"))).await;
+    let r = call(
+        &mut ws,
+        &offer(&agent, &id, 1, terms(&[(SHIRT, 2, 5000)], "standard")),
+    )
+    .await;
     assert_eq!(r["type"], "offer", "{r}");
     let unit = r["terms"]["lines"][0]["unit_price"].as_i64().unwrap();
     assert!(unit * 2 + 599 <= 9000 && unit >= 3750, "{r}");
@@ -453,7 +747,13 @@ async fn the_token_limit_caps_every_offer_and_deal() {
     check_deal(&app, &agent, &d);
     let left = 9000 - d["deal"]["total"].as_i64().unwrap();
     // What is left cannot buy another pair even at the floors.
-    let r = open(&mut ws, "r-2", json!([{"variant_id": SHIRT, "quantity": 2}]), json!({})).await;
+    let r = open(
+        &mut ws,
+        "r-2",
+        json!([{"variant_id": SHIRT, "quantity": 2}]),
+        json!({}),
+    )
+    .await;
     assert_eq!(r["code"], "spending_limit", "{left} left: {r}");
 
     // Staff see it on the Negotiations page, with its transcript and chart.
@@ -464,23 +764,38 @@ async fn the_token_limit_caps_every_offer_and_deal() {
         let c = crate::inbox::client();
         let url = app.url(&path);
         async move {
-            let r = c.get(url).header("cookie", format!("concierge_staff={cookie}")).send().await.unwrap();
+            let r = c
+                .get(url)
+                .header("cookie", format!("concierge_staff={cookie}"))
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
     let (status, page) = get("/inbox/negotiations".into()).await;
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains(&id) && page.contains("buyer-bot") && page.contains("agreed"), "{page}");
+    assert!(
+        page.contains(&id) && page.contains("buyer-bot") && page.contains("agreed"),
+        "{page}"
+    );
     assert!(page.contains("negotiations-by-category") && page.contains("T-Shirt"));
     let (_, filtered) = get("/inbox/negotiations?status=ended".into()).await;
     assert!(!filtered.contains(&id), "the status filter applies");
     let (status, page) = get(format!("/inbox/negotiations/{id}")).await;
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("<svg class=\"negotiation-chart\"") && page.contains("<polyline class=\"brand\""), "{page}");
+    assert!(
+        page.contains("<svg class=\"negotiation-chart\"")
+            && page.contains("<polyline class=\"brand\""),
+        "{page}"
+    );
     assert!(page.contains(d["deal_hash"].as_str().unwrap()));
     // And in the metrics.
     let metrics = concierge::telemetry::metrics_handle().render();
-    assert!(metrics.contains("concierge_negotiations_agreed_total"), "{metrics}");
+    assert!(
+        metrics.contains("concierge_negotiations_agreed_total"),
+        "{metrics}"
+    );
     assert!(metrics.contains("concierge_negotiation_move_seconds"));
     app.stop().await;
 }
@@ -492,10 +807,20 @@ async fn resume_after_a_dropped_socket_and_a_restart(db: Db) {
     let agent = register(&app, "buyer-bot").await;
     let tok = token(&app, &agent, &["negotiate"], None, &[]).await;
     let mut ws = connect(&app, Some(&agent), Some(&tok)).await.unwrap();
-    let opened = open(&mut ws, "r-1", json!([{"variant_id": KETTLE, "quantity": 1}]), json!({"deadline_ms": 8000})).await;
+    let opened = open(
+        &mut ws,
+        "r-1",
+        json!([{"variant_id": KETTLE, "quantity": 1}]),
+        json!({"deadline_ms": 8000}),
+    )
+    .await;
     let id = opened["negotiation_id"].as_str().unwrap().to_string();
     let deadline = opened["deadline_at"].as_i64().unwrap();
-    let r2 = call(&mut ws, &offer(&agent, &id, 1, terms(&[(KETTLE, 1, 8000)], "pickup"))).await;
+    let r2 = call(
+        &mut ws,
+        &offer(&agent, &id, 1, terms(&[(KETTLE, 1, 8000)], "pickup")),
+    )
+    .await;
     assert_eq!(r2["round"], 2, "{r2}");
     drop(ws);
 
@@ -509,7 +834,11 @@ async fn resume_after_a_dropped_socket_and_a_restart(db: Db) {
     assert_eq!(s["last_brand_offer"]["terms"], r2["terms"]);
     assert_eq!(s["last_brand_offer"]["sig"], r2["sig"]);
     assert_eq!(s["deadline_at"], deadline);
-    let r4 = call(&mut ws, &offer(&agent, &id, 3, terms(&[(KETTLE, 1, 8500)], "pickup"))).await;
+    let r4 = call(
+        &mut ws,
+        &offer(&agent, &id, 3, terms(&[(KETTLE, 1, 8500)], "pickup")),
+    )
+    .await;
     assert_eq!(r4["round"], 4, "{r4}");
     drop(ws);
 
@@ -523,15 +852,33 @@ async fn resume_after_a_dropped_socket_and_a_restart(db: Db) {
     assert_eq!(s["last_agent_offer"]["round"], 3);
     // A replay of the move before the restart is stale; the deadline still holds, and passes
     // while the socket waits: the server ends it.
-    let r = call(&mut ws, &offer(&agent, &id, 3, terms(&[(KETTLE, 1, 8500)], "pickup"))).await;
+    let r = call(
+        &mut ws,
+        &offer(&agent, &id, 3, terms(&[(KETTLE, 1, 8500)], "pickup")),
+    )
+    .await;
     assert_eq!(r["code"], "stale_round", "{r}");
     let ended = recv(&mut ws).await;
-    assert!(concierge::util::now_ms() >= deadline, "not before the deadline");
-    assert_eq!(ended, json!({"type": "ended", "negotiation_id": id, "reason": "deadline"}));
-    let r = call(&mut ws, &offer(&agent, &id, 5, terms(&[(KETTLE, 1, 9000)], "pickup"))).await;
+    assert!(
+        concierge::util::now_ms() >= deadline,
+        "not before the deadline"
+    );
+    assert_eq!(
+        ended,
+        json!({"type": "ended", "negotiation_id": id, "reason": "deadline"})
+    );
+    let r = call(
+        &mut ws,
+        &offer(&agent, &id, 5, terms(&[(KETTLE, 1, 9000)], "pickup")),
+    )
+    .await;
     assert_eq!(r["code"], "negotiation_closed", "{r}");
     let s = call(&mut ws, &json!({"type": "resume", "negotiation_id": id})).await;
-    assert_eq!((s["status"].as_str(), s["reason"].as_str()), (Some("expired"), Some("deadline")), "{s}");
+    assert_eq!(
+        (s["status"].as_str(), s["reason"].as_str()),
+        (Some("expired"), Some("deadline")),
+        "{s}"
+    );
     app.stop().await;
 }
 crate::on_both!(resume_after_a_dropped_socket_and_a_restart);
@@ -611,9 +958,21 @@ async fn a_hundred_negotiations_on_ten_sockets_all_finish(db: Db) {
     }
     assert_eq!(deals + ended, 100);
     assert!(deals >= 40, "agreements where the zones overlap: {deals}");
-    let all = concierge::negotiate::store::list(app.store(), &concierge::negotiate::store::ListFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = concierge::negotiate::store::list(
+        app.store(),
+        &concierge::negotiate::store::ListFilter {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(all.len(), 100, "none lost");
-    assert!(all.iter().all(|n| n.status == "agreed" || n.status == "ended"), "every one finished");
+    assert!(
+        all.iter()
+            .all(|n| n.status == "agreed" || n.status == "ended"),
+        "every one finished"
+    );
     assert_eq!(all.iter().filter(|n| n.status == "agreed").count(), deals);
     app.stop().await;
 }
@@ -637,9 +996,15 @@ fn python() -> Option<std::path::PathBuf> {
         return Some(py);
     }
     if std::env::var("CONCIERGE_REQUIRE_PYCLIENTS").is_ok_and(|v| !v.is_empty() && v != "0") {
-        panic!("negmas is required but missing from {}: run scripts/install-python-clients", venv.display());
+        panic!(
+            "negmas is required but missing from {}: run scripts/install-python-clients",
+            venv.display()
+        );
     }
-    eprintln!("skipped: no negmas in {} (run scripts/install-python-clients)", venv.display());
+    eprintln!(
+        "skipped: no negmas in {} (run scripts/install-python-clients)",
+        venv.display()
+    );
     None
 }
 
@@ -672,7 +1037,11 @@ async fn negmas_negotiators_reach_deals_within_the_floor_and_limit() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "negmas_agent.py: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "negmas_agent.py: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 24);
@@ -680,10 +1049,18 @@ async fn negmas_negotiators_reach_deals_within_the_floor_and_limit() {
     for r in runs {
         if r["agreement"] == true {
             assert_eq!(r["verified"], true, "{r}");
-            assert!(r["price"].as_i64().unwrap() >= floor, "below the floor: {r}");
+            assert!(
+                r["price"].as_i64().unwrap() >= floor,
+                "below the floor: {r}"
+            );
             total += r["total"].as_i64().unwrap();
             // The deal is stored with both signatures, as the agent got it.
-            let (status, d) = signed_get(&app, &agent, &format!("/agent/v1/deals/{}", r["deal_id"].as_str().unwrap())).await;
+            let (status, d) = signed_get(
+                &app,
+                &agent,
+                &format!("/agent/v1/deals/{}", r["deal_id"].as_str().unwrap()),
+            )
+            .await;
             assert_eq!(status, 200, "{d}");
         }
     }
@@ -692,10 +1069,23 @@ async fn negmas_negotiators_reach_deals_within_the_floor_and_limit() {
     // overlap. (NaiveTitForTat and MiCRO mirror the brand's late concessions and reach none
     // within 10 steps — nor do they against NegMAS's own AspirationNegotiator as the brand.)
     for name in ["boulware", "linear", "conceder", "aspiration"] {
-        let deals = runs.iter().filter(|r| r["negotiator"] == name && r["agreement"] == true).count();
-        assert!(deals >= 1, "{name} reached no deal although every budget is above the floor: {v}");
+        let deals = runs
+            .iter()
+            .filter(|r| r["negotiator"] == name && r["agreement"] == true)
+            .count();
+        assert!(
+            deals >= 1,
+            "{name} reached no deal although every budget is above the floor: {v}"
+        );
     }
-    let full_budget = runs.iter().filter(|r| r["budget"] == list && ["boulware", "linear", "conceder", "aspiration"].contains(&r["negotiator"].as_str().unwrap()));
-    assert!(full_budget.clone().all(|r| r["agreement"] == true), "a buyer ready to pay list gets a deal: {v}");
+    let full_budget = runs.iter().filter(|r| {
+        r["budget"] == list
+            && ["boulware", "linear", "conceder", "aspiration"]
+                .contains(&r["negotiator"].as_str().unwrap())
+    });
+    assert!(
+        full_budget.clone().all(|r| r["agreement"] == true),
+        "a buyer ready to pay list gets a deal: {v}"
+    );
     app.stop().await;
 }
