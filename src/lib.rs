@@ -21,6 +21,7 @@ pub mod http;
 pub mod import;
 pub mod inbox;
 pub mod limits;
+pub mod negotiate;
 pub mod search;
 pub mod state;
 pub mod store;

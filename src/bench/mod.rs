@@ -4,6 +4,7 @@
 
 pub mod gateway;
 mod memory;
+pub mod negotiate;
 pub mod web;
 
 use std::path::PathBuf;
@@ -106,6 +107,18 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/a2a_reference.py")]
         reference_script: PathBuf,
     },
+    /// Agent-to-agent negotiation over the WebSocket: per-round server time, a 20-round
+    /// negotiation p50/p99, negotiations/s over N sockets, and NegMAS buyers against the brand
+    /// next to NegMAS's AspirationNegotiator in the brand's place (needs the Python clients).
+    Negotiate {
+        #[arg(long, default_value_t = 500)]
+        negotiations: usize,
+        #[arg(long, default_value_t = 32)]
+        sockets: usize,
+        /// The Python of the client venv (default: target/pyclients/bin/python when present).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// The staff inbox: queue (N conversations), escalation list and a long conversation,
     /// rendered in-process and over HTTP — p50/p99.
     Inbox {
@@ -164,6 +177,18 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
                 script: reference_script,
             };
             gateway::run(&path, requests, concurrency, &reference).await
+        }
+        BenchCommand::Negotiate {
+            negotiations,
+            sockets,
+            python,
+        } => {
+            let python = python.or_else(|| {
+                let venv = std::env::var("CONCIERGE_PYCLIENTS")
+                    .unwrap_or_else(|_| "target/pyclients".into());
+                Some(PathBuf::from(venv).join("bin/python")).filter(|p| p.exists())
+            });
+            negotiate::run(negotiations, sockets, python).await
         }
     }
 }

@@ -128,7 +128,7 @@ pub fn agent_card(state: &AppState, base: &str) -> Value {
             "streaming": true,
             "pushNotifications": false,
             "extendedAgentCard": false,
-            "extensions": service_key_extension(state, base),
+            "extensions": with_negotiation(service_key_extension(state, base), state, base),
         },
         // Anonymous access is one alternative (the public skills: products, availability,
         // policies); a signature with a customer's token the other. Customer skills require the
@@ -180,6 +180,14 @@ pub fn agent_card(state: &AppState, base: &str) -> Value {
         "preferredTransport": "JSONRPC",
         "protocolVersion": "0.3.0",
     })
+}
+
+/// The extensions, with negotiation's (`gateway::negotiation`) after the service key's.
+fn with_negotiation(mut extensions: Value, state: &AppState, base: &str) -> Value {
+    if let Some(list) = extensions.as_array_mut() {
+        list.push(super::negotiation::card_extension(state, base));
+    }
+    extensions
 }
 
 /// The service's Ed25519 public key, which signs the capability tokens customers grant and the

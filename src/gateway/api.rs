@@ -431,6 +431,7 @@ pub fn openapi_document(state: &AppState, base: &str) -> Value {
             "responses": {"200": {"description": "The tools.", "content": {"application/json": {"schema": {"type": "object"}}}}}
         }}),
     );
+    super::negotiation::openapi_paths(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -15,6 +15,7 @@ pub mod delegation;
 pub mod idempotency;
 pub mod identity;
 pub mod mcp;
+pub mod negotiation;
 pub mod tokens;
 
 use axum::Router;
@@ -504,4 +505,5 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .merge(mcp::routes(state))
         .merge(api::routes(state))
         .merge(delegation::routes(state))
+        .merge(negotiation::routes())
 }

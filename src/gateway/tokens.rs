@@ -42,7 +42,8 @@ use super::{GatewayError, Grant};
 use crate::commerce::{Millis, Minor};
 use crate::store::{Store, TokenRecord};
 
-/// The tools a token may allow: everything about a customer except looking customers up.
+/// The operations a token may allow: the tools about a customer (everything except looking
+/// customers up), and `negotiate` (the negotiation WebSocket, `gateway::negotiation`).
 pub const OPERATIONS: &[&str] = &[
     "get_order",
     "list_customer_orders",
@@ -56,6 +57,7 @@ pub const OPERATIONS: &[&str] = &[
     "exchange_items",
     "update_customer_address",
     "escalate",
+    "negotiate",
 ];
 
 /// The operations a token gets when nobody says otherwise: reading orders and the writes a

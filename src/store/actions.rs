@@ -27,11 +27,11 @@
 //! covered. Someone who rewrites the table and recomputes every hash cannot re-sign the head
 //! without the key in the data dir, so [`Store::verify_audit_chain`] catches it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
@@ -209,25 +209,10 @@ impl std::fmt::Display for AuditBreak {
 /// refusal and the entry recording it.
 pub type Audited<T, E> = Result<(T, AuditEntry), (E, AuditEntry)>;
 
-/// JSON with object keys sorted at every level and no whitespace.
+/// JSON with object keys sorted at every level and no whitespace: RFC 8785 (JCS), the one
+/// canonical form Concierge hashes and signs ([`crate::util::jcs`]).
 pub fn canonical_json(value: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let ordered: BTreeMap<&String, Value> =
-                    m.iter().map(|(k, v)| (k, sorted(v))).collect();
-                Value::Object(
-                    ordered
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), v))
-                        .collect::<Map<String, Value>>(),
-                )
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    sorted(value).to_string()
+    crate::util::jcs(value)
 }
 
 fn chain_hash(prev_hash: &str, body: &str) -> String {
@@ -400,6 +385,27 @@ impl Store {
         let entry = append(&mut tx, head, request, fields, self.audit_signer.as_deref()).await?;
         tx.commit().await?;
         Ok(entry)
+    }
+
+    /// Appends an entry that changes no commerce data inside the caller's write transaction
+    /// (begun with [`Store::begin_write`]), so a record stored by the caller (a negotiated
+    /// deal) and its log entry commit together or not at all.
+    pub async fn record_action_in(
+        &self,
+        conn: &mut AnyConnection,
+        request: &ActionRequest,
+        order_id: Option<&str>,
+        outcome: &str,
+    ) -> StoreResult<AuditEntry> {
+        let head = lock_head(conn).await?;
+        let fields = EntryFields {
+            order_id: order_id.map(str::to_string),
+            before: None,
+            after: None,
+            effects: Value::Array(Vec::new()),
+            outcome: outcome.to_string(),
+        };
+        append(conn, head, request, fields, self.audit_signer.as_deref()).await
     }
 
     /// Up to `limit` entries with `seq > after_seq`, oldest first.

@@ -12,6 +12,7 @@
 mod actions;
 mod auth;
 mod live;
+mod negotiations;
 mod search;
 mod views;
 
@@ -48,6 +49,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("order", include_str!("templates/order.hbs")),
     ("staff", include_str!("templates/staff.hbs")),
     ("agents", include_str!("templates/agents.hbs")),
+    ("negotiations", include_str!("templates/negotiations.hbs")),
+    ("negotiation", include_str!("templates/negotiation.hbs")),
 ];
 
 /// What every inbox handler runs with.
@@ -139,6 +142,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             "/inbox/agents/tokens/{id}/revoke",
             post(actions::revoke_token),
         )
+        .route("/inbox/negotiations", get(negotiations::list))
+        .route("/inbox/negotiations/{id}", get(negotiations::show))
         .route("/inbox/events", get(live::events))
         .route("/inbox/assets/inbox.css", get(|| asset(CSS, "text/css")))
         .route(

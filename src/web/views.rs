@@ -56,7 +56,7 @@ pub(crate) async fn set_sla_minutes(web: &WebState, minutes: i64) -> Result<(), 
 }
 
 /// What every page's layout needs.
-async fn layout(
+pub(super) async fn layout(
     web: &WebState,
     auth: &StaffAuth,
     title: &str,

@@ -21,6 +21,7 @@ mod inbox;
 mod limits;
 mod llm;
 mod marketplace;
+mod negotiate;
 mod read_models;
 mod shopify;
 mod smtp_sink;
