@@ -108,7 +108,7 @@ pub async fn run(orders: usize, sockets: usize) -> anyhow::Result<()> {
     let mut conn = HttpConn::connect(addr).await?;
     for n in numbers.iter().step_by((numbers.len() / 500).max(1)) {
         let req = format!(
-            "GET /api/v1/orders/{} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {BENCH_KEY}\r\n\r\n",
+            "GET /api/v1/orders/{} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {BENCH_KEY}\r\n\r\n",
             n.trim_start_matches('#')
         );
         let status = conn.exchange(req.as_bytes()).await?;

@@ -277,6 +277,8 @@ async fn bench_lookup(
     config.api.key = Some(Secret::new(key));
     config.log.level = "warn".into();
     config.without_rate_limits();
+    // The benches' raw requests name the host `bench` or the listener's address.
+    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     for (_, b) in &batches {
@@ -398,6 +400,8 @@ async fn bench_app(
     config.api.key = Some(Secret::new(BENCH_KEY));
     config.log.level = "warn".into();
     config.without_rate_limits();
+    // The benches' raw requests name the host `bench` or the listener's address.
+    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     let mut asks = Vec::new();
@@ -561,6 +565,8 @@ body = '{"text": "{{text}}"}'
     config.brand.channels = channels;
     config.log.level = "warn".into();
     config.without_rate_limits();
+    // The benches' raw requests name the host `bench` or the listener's address.
+    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
     // The worker would start answering; this measures intake (verify, store, queue).
     config.jobs.poll_interval_ms = 3_600_000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
