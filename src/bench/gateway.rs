@@ -51,7 +51,10 @@ pub async fn run(
     config.log.level = "warn".into();
     config.without_rate_limits();
     // The benches' raw requests name the host `bench` or the listener's address.
-    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    config
+        .server
+        .allowed_hosts
+        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = Application::build_with_listener(config, listener).await?;
     let state = app.state().clone();

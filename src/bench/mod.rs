@@ -278,7 +278,10 @@ async fn bench_lookup(
     config.log.level = "warn".into();
     config.without_rate_limits();
     // The benches' raw requests name the host `bench` or the listener's address.
-    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    config
+        .server
+        .allowed_hosts
+        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     for (_, b) in &batches {
@@ -401,7 +404,10 @@ async fn bench_app(
     config.log.level = "warn".into();
     config.without_rate_limits();
     // The benches' raw requests name the host `bench` or the listener's address.
-    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    config
+        .server
+        .allowed_hosts
+        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     let mut asks = Vec::new();
@@ -566,7 +572,10 @@ body = '{"text": "{{text}}"}'
     config.log.level = "warn".into();
     config.without_rate_limits();
     // The benches' raw requests name the host `bench` or the listener's address.
-    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    config
+        .server
+        .allowed_hosts
+        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
     // The worker would start answering; this measures intake (verify, store, queue).
     config.jobs.poll_interval_ms = 3_600_000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

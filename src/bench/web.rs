@@ -28,7 +28,10 @@ pub async fn run(conversations: usize, messages: usize, renders: usize) -> anyho
     config.log.level = "warn".into();
     config.without_rate_limits();
     // The benches' raw requests name the host `bench` or the listener's address.
-    config.server.allowed_hosts.extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    config
+        .server
+        .allowed_hosts
+        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
 
     let store = crate::app::open_store(&config).await?;
     let t = Instant::now();
