@@ -19,10 +19,8 @@ use serde_json::json;
 
 use crate::app::Application;
 use crate::bench::{drive_addr, percentile};
-use crate::config::Config;
 use crate::gateway::{identity, tokens};
 use crate::import::{self, ImportKind};
-use crate::util::Secret;
 
 /// How many customers get a token (requests cycle through them and their orders).
 const CUSTOMERS: usize = 64;
@@ -45,16 +43,7 @@ pub async fn run(
     reference: &Reference,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
-    config.data_dir = dir.path().join("data");
-    config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
-    config.log.level = "warn".into();
-    config.without_rate_limits();
-    // The benches' raw requests name the host `bench` or the listener's address.
-    config
-        .server
-        .allowed_hosts
-        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    let config = crate::bench::bench_config(dir.path())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = Application::build_with_listener(config, listener).await?;
     let state = app.state().clone();

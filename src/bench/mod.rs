@@ -271,17 +271,8 @@ async fn bench_lookup(
     concurrency: usize,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
-    config.data_dir = dir.path().join("data");
-    let key = "bench-key-0123456789abcdef";
-    config.api.key = Some(Secret::new(key));
-    config.log.level = "warn".into();
-    config.without_rate_limits();
-    // The benches' raw requests name the host `bench` or the listener's address.
-    config
-        .server
-        .allowed_hosts
-        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    let config = bench_config(dir.path())?;
+    let key = BENCH_KEY;
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     for (_, b) in &batches {
@@ -390,6 +381,21 @@ async fn bench_agent(
 
 pub(crate) const BENCH_KEY: &str = "bench-key-0123456789abcdef";
 
+/// A bench's configuration: data in `dir/data`, the bench API key, quiet logs, no rate limits,
+/// and the hosts the benches' raw requests name (`bench`, or the listener's address).
+pub(crate) fn bench_config(dir: &std::path::Path) -> anyhow::Result<Config> {
+    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
+    config.data_dir = dir.join("data");
+    config.api.key = Some(Secret::new(BENCH_KEY));
+    config.log.level = "warn".into();
+    config.without_rate_limits();
+    config
+        .server
+        .allowed_hosts
+        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    Ok(config)
+}
+
 /// Starts an app on a temporary data dir with the τ-bench store; returns it with (email,
 /// order number) pairs to ask about.
 async fn bench_app(
@@ -397,17 +403,8 @@ async fn bench_app(
     database_url: Option<&str>,
 ) -> anyhow::Result<(tempfile::TempDir, Application, Vec<(String, String)>)> {
     let dir = tempfile::tempdir()?;
-    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
-    config.data_dir = dir.path().join("data");
+    let mut config = bench_config(dir.path())?;
     config.database.url = database_url.map(Secret::new);
-    config.api.key = Some(Secret::new(BENCH_KEY));
-    config.log.level = "warn".into();
-    config.without_rate_limits();
-    // The benches' raw requests name the host `bench` or the listener's address.
-    config
-        .server
-        .allowed_hosts
-        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
     let batches = import::load(ImportKind::TauRetail, path)?;
     let store = crate::app::open_store(&config).await?;
     let mut asks = Vec::new();
@@ -566,16 +563,8 @@ body = '{"text": "{{text}}"}'
     let secret = "bench-secret-0123456789";
     // SAFETY: set before the app starts; nothing else reads the environment concurrently here.
     unsafe { std::env::set_var("CONCIERGE_BENCH_MARKETPLACE_SECRET", secret) };
-    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
-    config.data_dir = dir.path().join("data");
+    let mut config = bench_config(dir.path())?;
     config.brand.channels = channels;
-    config.log.level = "warn".into();
-    config.without_rate_limits();
-    // The benches' raw requests name the host `bench` or the listener's address.
-    config
-        .server
-        .allowed_hosts
-        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
     // The worker would start answering; this measures intake (verify, store, queue).
     config.jobs.poll_interval_ms = 3_600_000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -27,9 +27,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::app::Application;
 use crate::bench::percentile;
 use crate::commerce::{Customer, Product, Variant};
-use crate::config::Config;
 use crate::gateway::{identity, tokens};
-use crate::util::Secret;
 
 const CUSTOMER: &str = "bench_buyer";
 const SHIRT: &str = "bench-shirt";
@@ -158,16 +156,7 @@ pub async fn run(
     python: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
-    config.data_dir = dir.path().join("data");
-    config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
-    config.log.level = "warn".into();
-    config.without_rate_limits();
-    // The benches' raw requests name the host `bench` or the listener's address.
-    config
-        .server
-        .allowed_hosts
-        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    let config = crate::bench::bench_config(dir.path())?;
     let brand_dir = config.brand.dir.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = Application::build_with_listener(config, listener).await?;

@@ -12,8 +12,7 @@ use tower::ServiceExt;
 
 use crate::app::Application;
 use crate::bench::{HttpConn, percentile};
-use crate::config::Config;
-use crate::util::{Secret, now_ms, random_token, sha256_hex};
+use crate::util::{now_ms, random_token, sha256_hex};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -22,16 +21,7 @@ fn ms(d: Duration) -> f64 {
 pub async fn run(conversations: usize, messages: usize, renders: usize) -> anyhow::Result<()> {
     let renders = renders.max(1);
     let dir = tempfile::tempdir()?;
-    let mut config = Config::load(None, Vec::<(String, String)>::new())?;
-    config.data_dir = dir.path().join("data");
-    config.api.key = Some(Secret::new("bench-key-0123456789abcdef"));
-    config.log.level = "warn".into();
-    config.without_rate_limits();
-    // The benches' raw requests name the host `bench` or the listener's address.
-    config
-        .server
-        .allowed_hosts
-        .extend(["bench".to_string(), "127.0.0.1".to_string()]);
+    let config = crate::bench::bench_config(dir.path())?;
 
     let store = crate::app::open_store(&config).await?;
     let t = Instant::now();
