@@ -203,6 +203,8 @@ impl Store {
         };
         if backend == Backend::Postgres {
             POSTGRES_MIGRATOR.run(&store.pool).await?;
+        } else {
+            store.load_nonces().await?;
         }
         Ok(store)
     }
@@ -217,6 +219,7 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        self.flush_nonces().await;
         self.close_writer().await;
         if let Some(locks) = self.locks.shared.get() {
             locks.close().await;

@@ -205,8 +205,10 @@ async fn a_shopify_orders_updated_webhook_is_seen_by_the_next_read() {
     assert_eq!(body["status"], "cancelled", "{body}");
 }
 
-/// A nonce accepted before a restart is refused after it (within the signature's 5 minutes):
-/// it was stored before the request was answered.
+/// A nonce accepted before a restart is refused after it (within the signature's 5 minutes).
+/// The request is a read: on SQLite its nonce is stored without the request waiting, written
+/// when the store closes and loaded back into memory at start; on PostgreSQL it is stored
+/// before the answer.
 async fn a_replayed_nonce_is_refused_after_a_restart(db: Db) {
     let public = "https://shop.example";
     let Some(app) = TestApp::spawn_on_with(db, |c| c.server.public_url = Some(public.into())).await
