@@ -5,6 +5,7 @@
 //! input.
 
 pub mod api;
+pub mod client;
 pub mod client_ip;
 pub mod headers;
 pub mod hosts;
