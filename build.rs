@@ -47,7 +47,10 @@ fn main() {
             .unwrap();
         }
         code.push(']');
-        std::fs::write(Path::new(&out).join(format!("migrations_{engine}.rs")), code)
-            .expect("writing the embedded migrations");
+        std::fs::write(
+            Path::new(&out).join(format!("migrations_{engine}.rs")),
+            code,
+        )
+        .expect("writing the embedded migrations");
     }
 }

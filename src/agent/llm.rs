@@ -57,7 +57,7 @@ impl LlmAgent {
     pub fn from_config(config: &LlmConfig) -> Option<LlmAgent> {
         let model = config.model.clone().filter(|m| !m.trim().is_empty())?;
         // Before the OpenAI client exists: it makes a default HTTP client of its own first.
-        let http = crate::http::client::client();
+        let http = crate::http_client::client();
         let mut oc = OpenAIConfig::new();
         if let Ok(key) = std::env::var(&config.api_key_env) {
             oc = oc.with_api_key(key);

@@ -5,7 +5,6 @@
 //! input.
 
 pub mod api;
-pub mod client;
 pub mod client_ip;
 pub mod headers;
 pub mod hosts;

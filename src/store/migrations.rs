@@ -42,7 +42,10 @@ mod tests {
         for files in [SQLITE_FILES, POSTGRES_FILES] {
             let versions: Vec<i64> = files.iter().map(|(v, ..)| *v).collect();
             let expected: Vec<i64> = (1..=versions.len() as i64).collect();
-            assert_eq!(versions, expected, "migrations are numbered 1, 2, 3, … without gaps");
+            assert_eq!(
+                versions, expected,
+                "migrations are numbered 1, 2, 3, … without gaps"
+            );
         }
         assert_eq!(SQLITE.iter().count(), POSTGRES.iter().count());
         let first = SQLITE.iter().next().expect("a first migration");

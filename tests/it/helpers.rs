@@ -214,7 +214,7 @@ impl TestApp {
             dir,
             config,
             state,
-            client: concierge::http::client::client(),
+            client: concierge::http_client::client(),
             shutdown: Some(tx),
             handle: Some(handle),
         }
