@@ -18,6 +18,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod gateway;
 pub mod http;
+pub mod http_client;
 pub mod import;
 pub mod inbox;
 pub mod limits;

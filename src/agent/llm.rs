@@ -56,6 +56,8 @@ impl LlmAgent {
     /// variable `api_key_env`; the endpoint from `base_url`, else `OPENAI_BASE_URL`.
     pub fn from_config(config: &LlmConfig) -> Option<LlmAgent> {
         let model = config.model.clone().filter(|m| !m.trim().is_empty())?;
+        // Before the OpenAI client exists: it makes a default HTTP client of its own first.
+        let http = crate::http_client::client();
         let mut oc = OpenAIConfig::new();
         if let Ok(key) = std::env::var(&config.api_key_env) {
             oc = oc.with_api_key(key);
@@ -68,7 +70,7 @@ impl LlmAgent {
             oc = oc.with_api_base(b.trim_end_matches('/').to_string());
         }
         Some(LlmAgent {
-            client: Client::with_config(oc),
+            client: Client::with_config(oc).with_http_client(http),
             model,
             max_steps: config.max_steps.max(1),
             timeout: Duration::from_secs(config.timeout_secs.max(1)),

@@ -233,7 +233,7 @@ impl Instance {
             .spawn()
             .with_context(|| format!("cannot run {}", exe.display()))?;
         self.child = Some(child);
-        let client = reqwest::Client::new();
+        let client = crate::http_client::client();
         let url = format!("http://127.0.0.1:{}/healthz", self.port);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -406,7 +406,7 @@ async fn run(drill: &CrashDrill, work: &Path, db_url: Option<&str>) -> anyhow::R
     // The shoppers.
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(drill.concurrency.max(1)));
-    let http = reqwest::Client::builder()
+    let http = crate::http_client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
     let mut tasks = Vec::with_capacity(drill.messages);

@@ -19,6 +19,7 @@ mod inbox;
 mod jobs;
 mod limits;
 mod locks;
+mod migrations;
 mod nonces;
 mod outbox;
 mod staff;
@@ -133,8 +134,7 @@ impl std::fmt::Debug for Store {
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
-static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+use migrations::{POSTGRES as POSTGRES_MIGRATOR, SQLITE as SQLITE_MIGRATOR};
 
 impl Store {
     /// Opens the configured database: PostgreSQL when `url` is given, else

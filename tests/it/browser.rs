@@ -3,10 +3,8 @@
 //! tests skip with a note, unless `CONCIERGE_REQUIRE_BROWSER` is set (CI sets it), where a
 //! missing browser is a failure.
 //!
-//! Needs the dev-dependency `rustls = { version = "0.23", default-features = false, features =
-//! ["ring"] }`: this crate's graph enables both of rustls' crypto providers (ring through sqlx
-//! and lettre, aws-lc-rs through reqwest and hyper-rustls), so rustls cannot pick one by itself
-//! and fantoccini's connector panics unless a process-level provider is installed first.
+//! chromedriver listens on loopback over plain HTTP, so fantoccini is built without TLS and
+//! talks to it through hyper's plain connector.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -15,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::elements::{Element, ShadowRoot};
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
@@ -106,8 +105,6 @@ impl Browser {
             );
         }
 
-        // Whichever provider is installed first wins; a second install is a harmless Err.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let user_data_dir = profile.path().join("profile");
         let caps = json!({
             "browserName": "chrome",
@@ -131,8 +128,7 @@ impl Browser {
         let Value::Object(caps) = caps else {
             unreachable!()
         };
-        let client = ClientBuilder::rustls()
-            .expect("rustls connector for WebDriver")
+        let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{port}"))
             .await;

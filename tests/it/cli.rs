@@ -189,7 +189,7 @@ fn demo_command_serves() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = concierge::http_client::client();
         let r = client.get(&health).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200);
         let body = json!({"thread": "demo", "from": {"name": "Sam"}, "text": "hello", "message_id": "d-1"});

@@ -214,7 +214,7 @@ impl TestApp {
             dir,
             config,
             state,
-            client: reqwest::Client::new(),
+            client: concierge::http_client::client(),
             shutdown: Some(tx),
             handle: Some(handle),
         }

@@ -21,7 +21,7 @@ pub(crate) async fn add_staff(app: &TestApp, email: &str, role: &str) -> String 
 }
 
 pub(crate) fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    concierge::http_client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

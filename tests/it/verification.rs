@@ -280,7 +280,7 @@ async fn staff_login(app: &TestApp) -> Staff {
         .create_staff("agent@shop.example", None, "agent", &hash)
         .await
         .unwrap();
-    let client = reqwest::Client::builder()
+    let client = concierge::http_client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

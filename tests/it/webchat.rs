@@ -225,7 +225,10 @@ async fn serve(data: &std::path::Path, model: &str) -> (crate::cli::Server, Stri
     let addr = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(r) = reqwest::get(format!("{addr}/healthz")).await
+        if let Ok(r) = concierge::http_client::client()
+            .get(format!("{addr}/healthz"))
+            .send()
+            .await
             && r.status().is_success()
         {
             return (server, addr);

@@ -49,7 +49,7 @@ pub async fn bot_username(state: &AppState) -> anyhow::Result<String> {
     );
     let failed =
         "Telegram getMe failed, so the bot's username for the private-chat link is unknown";
-    let body: Value = reqwest::Client::new()
+    let body: Value = crate::http_client::client()
         .get(url)
         .timeout(Duration::from_secs(20))
         .send()
