@@ -728,7 +728,9 @@ impl Session {
             at: now,
         };
         if let Err(r) = self.state.risk.gate_move(&n.agent_id, now) {
-            return self.finish(&n, vec![agent_move], risk_reason(&r), now).await;
+            return self
+                .finish(&n, vec![agent_move], risk_reason(&r), now)
+                .await;
         }
         let decision = strategy::decide(
             &n.setup,
@@ -1019,9 +1021,7 @@ impl Session {
                 now,
             )
         }) {
-            return self
-                .finish(n, vec![agent_move], risk_reason(&r), now)
-                .await;
+            return self.finish(n, vec![agent_move], risk_reason(&r), now).await;
         }
         let remaining = self.remaining().await?;
         if limits::check(&n.setup, &terms, remaining).is_err() {

@@ -38,7 +38,9 @@ pub fn agreed(setup: &super::Setup, rounds: u32, elapsed_ms: i64, utility: f64, 
 
 pub fn ended(reason: &str, rounds: u32) {
     let reason = match reason {
-        "rejected" | "deadline" | "rounds" | "ended_by_agent" | "limit" | "circuit_open" => reason.to_string(),
+        "rejected" | "deadline" | "rounds" | "ended_by_agent" | "limit" | "circuit_open" => {
+            reason.to_string()
+        }
         _ => "other".to_string(),
     };
     metrics::counter!("concierge_negotiations_ended_total", "reason" => reason).increment(1);

@@ -32,7 +32,12 @@ pub use crate::negotiate::risk::{BreakerView, ExposureView, Halt, Refusal};
 /// the task that stores what it reports (it ends when the book is dropped).
 pub async fn start(store: &Store, brand_dir: &std::path::Path) -> anyhow::Result<Arc<Risk>> {
     let negotiation = NegotiationConfig::for_brand(brand_dir);
-    start_with(store, negotiation.risk.clone(), negotiation.deal_valid_secs * 1000).await
+    start_with(
+        store,
+        negotiation.risk.clone(),
+        negotiation.deal_valid_secs * 1000,
+    )
+    .await
 }
 
 /// [`start`] with the settings given.
@@ -166,9 +171,8 @@ pub async fn staff_reset(state: &AppState, breaker: &str, staff_id: &str) -> Res
 }
 
 fn parse_scope(breaker: &str) -> Result<Scope, String> {
-    Scope::parse(breaker.trim()).ok_or_else(|| {
-        format!("{breaker:?} is not a breaker: use `brand` or `agent:<agent id>`")
-    })
+    Scope::parse(breaker.trim())
+        .ok_or_else(|| format!("{breaker:?} is not a breaker: use `brand` or `agent:<agent id>`"))
 }
 
 #[cfg(test)]
@@ -176,7 +180,10 @@ mod tests {
     #[test]
     fn risk_reason_labels_stay_few() {
         assert_eq!(super::reason_label("payment_declined"), "payment_declined");
-        assert_eq!(super::reason_label("circuit_open: the brand"), "circuit_open");
+        assert_eq!(
+            super::reason_label("circuit_open: the brand"),
+            "circuit_open"
+        );
         assert_eq!(super::reason_label("Card was declined!"), "other");
     }
 }

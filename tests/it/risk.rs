@@ -95,7 +95,9 @@ async fn shop(db: Db, risk: &str) -> Option<(TestApp, tempfile::TempDir)> {
     .await
     .unwrap();
     s.put_customer(&customer(CUSTOMER, "Ana")).await.unwrap();
-    s.put_customer(&customer(OTHER_CUSTOMER, "Bo")).await.unwrap();
+    s.put_customer(&customer(OTHER_CUSTOMER, "Bo"))
+        .await
+        .unwrap();
     Some((app, dir))
 }
 
@@ -173,7 +175,10 @@ async fn connect(app: &TestApp, a: &Agent) -> Ws {
         "authorization",
         format!("Bearer {}", a.token).parse().unwrap(),
     );
-    tokio_tungstenite::connect_async(req).await.expect("upgrade").0
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade")
+        .0
 }
 
 async fn send(ws: &mut Ws, frame: &Value) {
@@ -321,7 +326,10 @@ async fn risk_concurrent_opens_admit_exactly_what_fits(db: Db) {
     )
     .await;
     assert_eq!(stored, 50);
-    assert_eq!(app.state.risk.exposure(concierge::util::now_ms()).brand, 50 * KETTLE_PRICE);
+    assert_eq!(
+        app.state.risk.exposure(concierge::util::now_ms()).brand,
+        50 * KETTLE_PRICE
+    );
 
     // The second agent is unaffected until the brand-wide cap (25 more kettles).
     let mut wb = connect(&app, &b).await;
@@ -349,7 +357,10 @@ async fn risk_concurrent_opens_admit_exactly_what_fits(db: Db) {
     .await;
     assert_eq!(ended["type"], "ended", "{ended}");
     let f = call(&mut wb, &open_frame("b-26", 1)).await;
-    assert_eq!(f["type"], "opened", "room freed by the ended negotiation: {f}");
+    assert_eq!(
+        f["type"], "opened",
+        "room freed by the ended negotiation: {f}"
+    );
     app.stop().await;
 }
 on_both!(risk_concurrent_opens_admit_exactly_what_fits);
@@ -621,8 +632,14 @@ async fn risk_staff_trip_and_reset_from_the_inbox_are_audited(db: Db) {
     add_staff(&app, "risk@example.com", "agent").await;
     let staff = login(&app, "risk@example.com").await;
     let html = page(&staff, &app, "/inbox/risk").await;
-    assert!(html.contains("data-breaker=\"brand\" data-state=\"closed\""), "{html}");
-    assert!(html.contains("data-testid=\"brand-exposure\">$0.00"), "{html}");
+    assert!(
+        html.contains("data-breaker=\"brand\" data-state=\"closed\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-testid=\"brand-exposure\">$0.00"),
+        "{html}"
+    );
 
     // No CSRF token: refused, nothing tripped.
     let r = staff
@@ -737,12 +754,21 @@ async fn risk_agents_page_flags_misbehaving_agents(db: Db) {
         html[start..].split("</tr>").next().unwrap().to_string()
     };
     let bad_row = row(&bad.id);
-    assert!(bad_row.contains("data-flag=\"signature failures\""), "{bad_row}");
-    assert!(bad_row.contains("data-flag=\"offers out of range\""), "{bad_row}");
+    assert!(
+        bad_row.contains("data-flag=\"signature failures\""),
+        "{bad_row}"
+    );
+    assert!(
+        bad_row.contains("data-flag=\"offers out of range\""),
+        "{bad_row}"
+    );
     assert!(bad_row.contains("sloppy-bot"), "{bad_row}");
     let good_row = row(&good.id);
     assert!(!good_row.contains("data-flag"), "{good_row}");
-    assert!(good_row.contains("1 (100 %)"), "one deal of one: {good_row}");
+    assert!(
+        good_row.contains("1 (100 %)"),
+        "one deal of one: {good_row}"
+    );
     app.stop().await;
 }
 on_both!(risk_agents_page_flags_misbehaving_agents);

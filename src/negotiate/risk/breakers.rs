@@ -19,9 +19,13 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub enum State {
     Closed,
     /// `until`: when it goes half-open (None: held open by staff).
-    Open { until: Option<i64> },
+    Open {
+        until: Option<i64>,
+    },
     /// Probes admitted so far.
-    HalfOpen { admitted: u32 },
+    HalfOpen {
+        admitted: u32,
+    },
 }
 
 impl State {
@@ -123,7 +127,11 @@ impl Breaker {
         {
             self.failures.pop_front();
         }
-        while self.settled.front().is_some_and(|(t, _)| *t <= now - HOUR_MS) {
+        while self
+            .settled
+            .front()
+            .is_some_and(|(t, _)| *t <= now - HOUR_MS)
+        {
             self.settled.pop_front();
         }
     }

@@ -165,7 +165,9 @@ impl RiskConfig {
         }
         let b = &self.breaker;
         if b.failure_window < 1 || b.min_settlements < 1 {
-            return Err("risk.breaker.failure_window and min_settlements must be at least 1".into());
+            return Err(
+                "risk.breaker.failure_window and min_settlements must be at least 1".into(),
+            );
         }
         if !(0.0..1.0).contains(&b.failure_rate) {
             return Err("risk.breaker.failure_rate must be in [0, 1)".into());
@@ -898,11 +900,8 @@ impl Risk {
             .map(|(a, t)| (a.clone(), t.value, t.open))
             .collect();
         agents.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut customers: Vec<(String, Minor)> = g
-            .ledger
-            .customers()
-            .map(|(c, v)| (c.clone(), *v))
-            .collect();
+        let mut customers: Vec<(String, Minor)> =
+            g.ledger.customers().map(|(c, v)| (c.clone(), *v)).collect();
         customers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ExposureView {
             brand: g.ledger.brand(),
@@ -962,7 +961,9 @@ mod tests {
         assert_eq!(e.cap, "max_brand_exposure");
         // Lowering is always fine; raising is checked.
         r.admit_value("n1", "a", "c1", 100, i64::MAX, 0).unwrap();
-        let e = r.admit_value("n1", "a", "c1", 1100, i64::MAX, 0).unwrap_err();
+        let e = r
+            .admit_value("n1", "a", "c1", 1100, i64::MAX, 0)
+            .unwrap_err();
         assert_eq!(e.cap, "max_agent_exposure");
         assert_eq!(r.exposure(0).brand, 2000);
         // Concurrent negotiations.
@@ -998,8 +999,15 @@ mod tests {
         r.settlement_finished("a", "c", 10, false, 1);
         let e = r.admit_open("n1", "a", "c", 10, i64::MAX, 2).unwrap_err();
         assert_eq!(e.code, "circuit_open");
-        assert!(r.settlement_allowed("a", 2).unwrap_err().starts_with("circuit_open"));
-        assert!(r.gate_move("b", 2).is_err(), "the brand's breaker covers every agent");
+        assert!(
+            r.settlement_allowed("a", 2)
+                .unwrap_err()
+                .starts_with("circuit_open")
+        );
+        assert!(
+            r.gate_move("b", 2).is_err(),
+            "the brand's breaker covers every agent"
+        );
         assert_eq!(halts.try_recv().unwrap(), Halt(Scope::Brand));
         // Half-open after the cool-down: one probe.
         r.admit_open("n1", "a", "c", 10, i64::MAX, 200).unwrap();
@@ -1011,7 +1019,10 @@ mod tests {
         assert!(states.iter().all(|s| *s == "closed"), "{states:?}");
         // Staff hold one open until reset.
         r.trip(&Scope::Agent("a".into()), "looks odd", "staff_1", 300);
-        assert!(r.admit_open("n3", "a", "c", 10, i64::MAX, 10_000_000).is_err());
+        assert!(
+            r.admit_open("n3", "a", "c", 10, i64::MAX, 10_000_000)
+                .is_err()
+        );
         r.admit_open("n4", "b", "c", 10, i64::MAX, 301).unwrap();
         r.reset(&Scope::Agent("a".into()), "staff_1", 302);
         r.admit_open("n3", "a", "c", 10, i64::MAX, 303).unwrap();
