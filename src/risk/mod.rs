@@ -150,7 +150,7 @@ pub async fn staff_trip(
     reason: &str,
     staff_id: &str,
 ) -> Result<(), String> {
-    let scope = parse_scope(breaker)?;
+    let scope = parse_scope(state, breaker).await?;
     if reason.trim().is_empty() {
         return Err("say why the breaker is tripped".into());
     }
@@ -164,15 +164,28 @@ pub async fn staff_trip(
 
 /// Staff reset a breaker: closed, its windows forgotten; stored and audited before it returns.
 pub async fn staff_reset(state: &AppState, breaker: &str, staff_id: &str) -> Result<(), String> {
-    let scope = parse_scope(breaker)?;
+    let scope = parse_scope(state, breaker).await?;
     state.risk.reset(&scope, staff_id, now_ms());
     state.risk.flush().await;
     Ok(())
 }
 
-fn parse_scope(breaker: &str) -> Result<Scope, String> {
-    Scope::parse(breaker.trim())
-        .ok_or_else(|| format!("{breaker:?} is not a breaker: use `brand` or `agent:<agent id>`"))
+/// `brand`, or `agent:<id>` of a registered agent.
+async fn parse_scope(state: &AppState, breaker: &str) -> Result<Scope, String> {
+    let scope = Scope::parse(breaker.trim()).ok_or_else(|| {
+        format!("{breaker:?} is not a breaker: use `brand` or `agent:<agent id>`")
+    })?;
+    if let Scope::Agent(id) = &scope {
+        let agents = state
+            .store
+            .list_agents()
+            .await
+            .map_err(|e| format!("the database failed: {e}"))?;
+        if !agents.iter().any(|a| &a.id == id) {
+            return Err(format!("there is no agent {id}"));
+        }
+    }
+    Ok(scope)
 }
 
 #[cfg(test)]

@@ -713,6 +713,16 @@ async fn risk_staff_trip_and_reset_from_the_inbox_are_audited(db: Db) {
     assert_eq!(status, 303);
     let html = page(&staff, &app, "/inbox/risk").await;
     assert!(html.contains("Not tripped"), "{html}");
+    let (status, _) = staff
+        .post(
+            "/inbox/risk/trip",
+            &[("breaker", "agent:nobody"), ("reason", "x")],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let html = page(&staff, &app, "/inbox/risk").await;
+    assert!(html.contains("there is no agent nobody"), "{html}");
+    assert!(!html.contains("data-breaker=\"agent:nobody\""), "{html}");
 
     let (status, _) = staff
         .post("/inbox/risk/reset", &[("breaker", breaker.as_str())])
