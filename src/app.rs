@@ -119,6 +119,9 @@ impl Application {
                 .is_some()
                 .then_some(config.email.max_attempts),
         );
+        let risk = crate::risk::start(&store, &config.brand.dir)
+            .await
+            .context("cannot rebuild the risk book (exposure, circuit breakers)")?;
         let metrics_listener = match &config.metrics.bind {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -142,6 +145,7 @@ impl Application {
                 api_key,
                 limits,
                 jobs_queued: Default::default(),
+                risk,
             },
         })
     }

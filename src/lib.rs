@@ -23,6 +23,7 @@ pub mod import;
 pub mod inbox;
 pub mod limits;
 pub mod negotiate;
+pub mod risk;
 pub mod search;
 pub mod state;
 pub mod store;

@@ -35,6 +35,8 @@ pub struct AppState {
     pub marketplaces: Arc<[Marketplace]>,
     /// Wakes this instance's job worker when something here queued a job.
     pub jobs_queued: Arc<Notify>,
+    /// Exposure limits and circuit breakers on agent commerce (`crate::risk`).
+    pub risk: Arc<crate::negotiate::risk::Risk>,
 }
 
 impl AppState {

@@ -159,6 +159,7 @@ type Reply = Result<Vec<Value>, FrameError>;
 impl Session {
     async fn run(mut self, socket: WebSocket) {
         let (mut sink, mut stream) = socket.split();
+        let mut halts = self.state.risk.subscribe();
         loop {
             let next_deadline = self.deadlines.iter().next().map(|(at, _)| *at);
             let sleep = async {
@@ -194,6 +195,13 @@ impl Session {
                     }
                 }
                 () = sleep => self.expire_due().await,
+                halt = halts.recv() => match halt {
+                    Ok(crate::risk::Halt(scope)) if !scope.covers(&self.agent.id) => continue,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        self.end_for_circuit().await
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => continue,
+                },
             };
             for f in out {
                 if sink
@@ -220,6 +228,7 @@ impl Session {
         for entry in due {
             self.deadlines.remove(&entry);
             let id = entry.1;
+            self.state.risk.release(&id);
             match nstore::expire(&self.state.store, &id, now).await {
                 Ok(true) => {
                     let rounds = self.cache.get(&id).map(|n| n.round()).unwrap_or(0);
@@ -458,7 +467,23 @@ impl Session {
             deal_id: None,
             stored_status: Status::Open,
         };
-        match nstore::insert(store, &n).await {
+        // Exposure limits and circuit breakers: counted now, atomically with the check.
+        let list_value = n.setup.total(&n.setup.list_terms());
+        if let Err(r) = self.state.risk.admit_open(
+            &n.id,
+            &n.agent_id,
+            &n.customer_id,
+            list_value,
+            n.setup.deadline_at,
+            now,
+        ) {
+            return Err(FrameError::new(r.code, r.message));
+        }
+        let inserted = nstore::insert(store, &n).await;
+        if inserted.is_err() {
+            self.state.risk.release(&n.id);
+        }
+        match inserted {
             Ok(()) => {}
             Err(e) if e.is_unique_violation() => {
                 // The same request id raced on another socket: answer with the stored one
@@ -667,6 +692,9 @@ impl Session {
         let now = now_ms();
         let key = self.key;
         if !frames::verify(&key, &signed, &sig) {
+            self.state
+                .risk
+                .note(&self.agent.id, "signature_failure", now);
             return Err(FrameError::new(
                 "bad_signature",
                 "sig is not your key's Ed25519 signature over the JCS bytes of the frame without sig",
@@ -674,10 +702,19 @@ impl Session {
         }
         let n = self.fetch(id, false).await?;
         Self::check_move(n, round, now)?;
-        n.setup
-            .check_ranges(&terms)
-            .map_err(|m| FrameError::new("terms_out_of_range", m))?;
+        let ranges = n.setup.check_ranges(&terms);
+        let lowball = terms.lines.iter().any(|l| {
+            n.setup.line(&l.variant_id).is_some_and(|s| {
+                (l.unit_price as f64) < crate::risk::monitor::LOWBALL_SHARE * s.floor as f64
+            })
+        });
         let n = n.clone();
+        if ranges.is_err() || lowball {
+            self.state
+                .risk
+                .note(&self.agent.id, "offer_out_of_range", now);
+        }
+        ranges.map_err(|m| FrameError::new("terms_out_of_range", m))?;
         let mut frame = signed;
         frame["sig"] = json!(sig);
         let agent_move = Move {
@@ -690,6 +727,11 @@ impl Session {
             sig: Some(sig.clone()),
             at: now,
         };
+        if let Err(r) = self.state.risk.gate_move(&n.agent_id, now) {
+            return self
+                .finish(&n, vec![agent_move], risk_reason(&r), now)
+                .await;
+        }
         let decision = strategy::decide(
             &n.setup,
             &Aspiration,
@@ -704,6 +746,19 @@ impl Session {
                     json!({"type": "offer", "negotiation_id": id, "round": round + 1,
                            "terms": t.to_json(), "expires_at": n.setup.deadline_at}),
                 );
+                // The brand's offer is the negotiation's exposure from now on.
+                if let Err(r) = self.state.risk.admit_value(
+                    &n.id,
+                    &n.agent_id,
+                    &n.customer_id,
+                    n.setup.total(&t),
+                    n.setup.deadline_at,
+                    now,
+                ) {
+                    return self
+                        .finish(&n, vec![agent_move], risk_reason(&r), now)
+                        .await;
+                }
                 let brand_move = Move {
                     round: round + 1,
                     side: "brand",
@@ -743,6 +798,9 @@ impl Session {
         let now = now_ms();
         let key = self.key;
         if !frames::verify(&key, &signed, &sig) {
+            self.state
+                .risk
+                .note(&self.agent.id, "signature_failure", now);
             return Err(FrameError::new(
                 "bad_signature",
                 "sig is not your key's Ed25519 signature over the JCS bytes of the frame without sig",
@@ -821,6 +879,7 @@ impl Session {
         let now = now_ms();
         let n = self.fetch(id, true).await?.clone();
         if n.status(now) == Status::Expired && n.stored_status.is_live() {
+            self.state.risk.release(id);
             if nstore::expire(&self.state.store, id, now)
                 .await
                 .map_err(Self::internal)?
@@ -839,6 +898,29 @@ impl Session {
             None => None,
         };
         Ok(vec![n.state_frame(now, deal.as_ref())])
+    }
+
+    /// A circuit breaker covering this agent opened: every live negotiation on this socket
+    /// ends (`ended`, `circuit_open`).
+    async fn end_for_circuit(&mut self) -> Vec<Value> {
+        let now = now_ms();
+        if self.state.risk.gate_move(&self.agent.id, now).is_ok() {
+            return Vec::new();
+        }
+        let live: Vec<Negotiation> = self
+            .cache
+            .values()
+            .filter(|n| n.status(now).is_live())
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for n in live {
+            match self.finish(&n, Vec::new(), "circuit_open", now).await {
+                Ok(frames) => out.extend(frames),
+                Err(e) => tracing::debug!(negotiation = %n.id, code = e.code, "not ended"),
+            }
+        }
+        out
     }
 
     /// The brand ends the negotiation after the agent's move (`rounds`, `limit`, `rejected`).
@@ -899,6 +981,9 @@ impl Session {
                 self.deadlines.remove(&(c.setup.deadline_at, c.id.clone()));
             }
         }
+        if !status.is_live() {
+            self.state.risk.release(&n.id);
+        }
         Ok(())
     }
 
@@ -926,6 +1011,18 @@ impl Session {
     ) -> Reply {
         let store = self.state.store.clone();
         let total = n.setup.total(&terms);
+        if let Err(r) = self.state.risk.gate_move(&n.agent_id, now).and_then(|()| {
+            self.state.risk.admit_value(
+                &n.id,
+                &n.agent_id,
+                &n.customer_id,
+                total,
+                n.setup.deadline_at,
+                now,
+            )
+        }) {
+            return self.finish(n, vec![agent_move], risk_reason(&r), now).await;
+        }
         let remaining = self.remaining().await?;
         if limits::check(&n.setup, &terms, remaining).is_err() {
             return self.finish(n, vec![agent_move], "limit", now).await;
@@ -1012,6 +1109,14 @@ impl Session {
                 });
             }
         }
+        self.state.risk.deal(
+            &n.id,
+            deal.id(),
+            &n.agent_id,
+            &n.customer_id,
+            total,
+            now + n.setup.deal_valid_ms,
+        );
         if let Err(e) = store.settle_spend(&reservation, true, now_ms()).await {
             tracing::error!(error = %e, reservation, "could not settle a deal's reservation");
         }
@@ -1030,6 +1135,15 @@ impl Session {
             n.setup.advantage(&terms),
         );
         Ok(vec![frame])
+    }
+}
+
+/// The `ended` reason for a risk refusal mid-negotiation.
+fn risk_reason(r: &crate::risk::Refusal) -> &'static str {
+    if r.code == "circuit_open" {
+        "circuit_open"
+    } else {
+        "limit"
     }
 }
 

@@ -58,6 +58,9 @@ pub struct NegotiationConfig {
     /// Shipping options the agent chooses from; the first is the default.
     #[serde(default = "default_shipping")]
     pub shipping: Vec<ShippingOption>,
+    /// Exposure limits and circuit breakers (`[risk]`, see docs/negotiation.md).
+    #[serde(default)]
+    pub risk: super::risk::RiskConfig,
 }
 
 /// The concession curve and the acceptance rule.
@@ -270,6 +273,7 @@ impl NegotiationConfig {
                 return Err("quantity_breaks: min_quantity ≥ 2 and discount in [0, 1)".into());
             }
         }
+        self.risk.check()?;
         if self.shipping.is_empty() {
             return Err("at least one shipping option".into());
         }

@@ -2,7 +2,8 @@
 //!
 //! - `concierge_negotiations_opened_total{category}`
 //! - `concierge_negotiations_agreed_total{category}`
-//! - `concierge_negotiations_ended_total{reason}` (rejected, deadline, rounds, ended_by_agent, limit)
+//! - `concierge_negotiations_ended_total{reason}` (rejected, deadline, rounds, ended_by_agent, limit,
+//!   circuit_open)
 //! - `concierge_negotiation_rounds` (histogram: rounds used, by outcome)
 //! - `concierge_negotiation_time_to_agreement_seconds` (histogram)
 //! - `concierge_negotiation_brand_utility` and `concierge_negotiation_brand_advantage`
@@ -37,7 +38,9 @@ pub fn agreed(setup: &super::Setup, rounds: u32, elapsed_ms: i64, utility: f64, 
 
 pub fn ended(reason: &str, rounds: u32) {
     let reason = match reason {
-        "rejected" | "deadline" | "rounds" | "ended_by_agent" | "limit" => reason.to_string(),
+        "rejected" | "deadline" | "rounds" | "ended_by_agent" | "limit" | "circuit_open" => {
+            reason.to_string()
+        }
         _ => "other".to_string(),
     };
     metrics::counter!("concierge_negotiations_ended_total", "reason" => reason).increment(1);

@@ -13,6 +13,7 @@ mod actions;
 mod auth;
 mod live;
 mod negotiations;
+mod risk;
 mod search;
 mod views;
 
@@ -51,6 +52,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("agents", include_str!("templates/agents.hbs")),
     ("negotiations", include_str!("templates/negotiations.hbs")),
     ("negotiation", include_str!("templates/negotiation.hbs")),
+    ("risk", include_str!("templates/risk.hbs")),
 ];
 
 /// What every inbox handler runs with.
@@ -144,6 +146,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         )
         .route("/inbox/negotiations", get(negotiations::list))
         .route("/inbox/negotiations/{id}", get(negotiations::show))
+        .route("/inbox/risk", get(risk::page))
+        .route("/inbox/risk/trip", post(risk::trip))
+        .route("/inbox/risk/reset", post(risk::reset))
         .route("/inbox/events", get(live::events))
         .route("/inbox/assets/inbox.css", get(|| asset(CSS, "text/css")))
         .route(

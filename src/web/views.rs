@@ -784,8 +784,10 @@ pub async fn agents(State(web): State<WebState>, auth: StaffAuth) -> Result<Resp
             "revoked": t.revoked_at.map(when),
         }));
     }
+    let monitoring = super::risk::monitoring_rows(&web, &names).await?;
     let mut data = layout(&web, &auth, "Consumer agents", "agents").await?;
     data.insert("tokens".into(), json!(rows));
+    data.insert("monitoring".into(), json!(monitoring));
     data.insert(
         "agents".into(),
         json!(

@@ -23,6 +23,7 @@ mod llm;
 mod marketplace;
 mod negotiate;
 mod read_models;
+mod risk;
 mod shopify;
 mod smtp_sink;
 mod store;
