@@ -23,6 +23,7 @@ pub mod inbox;
 pub mod limits;
 pub mod negotiate;
 pub mod search;
+pub mod settle;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -35,6 +35,9 @@ pub struct AppState {
     pub marketplaces: Arc<[Marketplace]>,
     /// Wakes this instance's job worker when something here queued a job.
     pub jobs_queued: Arc<Notify>,
+    /// Consumer agents' negotiation sockets open on this instance (settlement news reaches
+    /// them there).
+    pub agent_sockets: Arc<crate::negotiate::sockets::AgentSockets>,
 }
 
 impl AppState {

@@ -159,6 +159,8 @@ type Reply = Result<Vec<Value>, FrameError>;
 impl Session {
     async fn run(mut self, socket: WebSocket) {
         let (mut sink, mut stream) = socket.split();
+        // News about this agent's deals (a settlement's outcome) arrives here while it is open.
+        let (_registration, mut news) = self.state.agent_sockets.register(&self.agent.id);
         loop {
             let next_deadline = self.deadlines.iter().next().map(|(at, _)| *at);
             let sleep = async {
@@ -194,6 +196,7 @@ impl Session {
                     }
                 }
                 () = sleep => self.expire_due().await,
+                Some(frame) = news.recv() => vec![frame],
             };
             for f in out {
                 if sink
@@ -1097,6 +1100,10 @@ async fn get_deal(State(state): State<AppState>, Path(id): Path<String>, req: Re
             if let Ok(key) = super::service_key(&state) {
                 body["brand_public_key"] = json!(identity::encode_public_key(&key.verifying_key()));
             }
+            // Its settlement (`POST /agent/v1/deals/{id}/settle`), when one was started.
+            body["settlement"] = crate::settle::view(&state, &id)
+                .await
+                .unwrap_or(Value::Null);
             axum::Json(body).into_response()
         }
         Ok(_) => error(StatusCode::NOT_FOUND, "not_found", "no such deal of yours"),
@@ -1162,7 +1169,8 @@ pub fn openapi_paths(paths: &mut serde_json::Map<String, Value>) {
             "deal_id",
             "A deal of the signing agent with both signatures: brand_sig (the service key over \
              the JCS bytes of `deal`) and agent_sig (the agent's committing frame), deal_hash \
-             (sha256 of the JCS bytes) and the brand's public key.",
+             (sha256 of the JCS bytes), the brand's public key, and its settlement (status, \
+             reason, order_id, the saga's steps) once one was started.",
         ),
     ] {
         paths.insert(

@@ -13,6 +13,7 @@ pub mod config;
 pub mod frames;
 pub mod limits;
 pub mod metrics;
+pub mod sockets;
 pub mod store;
 pub mod strategy;
 pub mod terms;
