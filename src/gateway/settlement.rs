@@ -111,6 +111,28 @@ async fn settle_deal(
             .is_ok(),
             _ => false,
         };
+    // The same request again after its first answer was lost with the process that gave it
+    // (a crash mid-settlement, recovered by the settle job): the settlement itself records
+    // the key and the outcome, so the retry gets that outcome without waiting for the
+    // idempotency claim to be abandoned.
+    if let Ok(Some(s)) = settle::store::get(&state.store, &deal_id).await
+        && s.agent_id == agent.id
+        && s.idempotency_key.as_deref() == Some(key.as_str())
+        && s.is_finished()
+        && s.payment_method_id.as_deref() == Some(parsed.payment_method_id.trim())
+    {
+        let (status, body) = settle::current(&state, &deal_id).await;
+        let mut resp = (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(body),
+        )
+            .into_response();
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        return resp;
+    }
     let mut fingerprint = Vec::with_capacity(body.len() + 64);
     fingerprint.extend_from_slice(method.as_str().as_bytes());
     fingerprint.push(b' ');

@@ -355,7 +355,7 @@ pub async fn settle(state: &AppState, req: SettleRequest<'_>) -> (u16, Value) {
 }
 
 /// The settlement's outcome as the answer to a settle request.
-async fn current(state: &AppState, deal_id: &str) -> (u16, Value) {
+pub async fn current(state: &AppState, deal_id: &str) -> (u16, Value) {
     let store = &state.store;
     let found = async {
         let Some(s) = store::get(store, deal_id).await? else {

@@ -44,10 +44,13 @@ fn is_finished_ok(status: &str) -> bool {
     matches!(status, "done" | "refunded" | "voided" | "nothing_taken")
 }
 
-/// The order a settlement attempt creates: its id and number (the same, τ-bench style).
+/// The order a settlement attempt creates: its id and number (the same, τ-bench style: `#S`
+/// and ten digits derived from the deal and the attempt, so every run of the step writes the
+/// same order).
 pub fn order_id_for(deal_id: &str, attempt: i64) -> String {
     let h = crate::util::sha256_hex(format!("{deal_id}:{attempt}").as_bytes());
-    format!("#D{}", h[..10].to_uppercase())
+    let n = u64::from_str_radix(&h[..15], 16).unwrap_or(0) % 10_000_000_000;
+    format!("#S{n:010}")
 }
 
 /// One line of a deal, with what the order needs of it.

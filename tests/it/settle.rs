@@ -1113,3 +1113,181 @@ async fn settle_reservations_count_against_availability_while_a_payment_is_in_fl
     let p = app.store().get_product("p-shirt").await.unwrap().unwrap();
     assert_eq!(p.variants[0].stock, Some(3), "consumed: 8 − 5");
 }
+
+// ---- a crash between steps ----
+
+/// A `concierge serve` on `data`, talking to the fake Stripe, with a one-second job lease (so
+/// a dead process's settlement is taken over quickly). Returns it and its base URL once it
+/// answers health.
+async fn serve(data: &std::path::Path, stripe: &FakeStripe) -> (crate::cli::Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = crate::cli::concierge(data)
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("CONCIERGE_PAYMENTS__STRIPE__BASE_URL", &stripe.url)
+        .env("CONCIERGE_PAYMENTS__STRIPE__SECRET_KEY", SECRET_KEY)
+        .env("CONCIERGE_PAYMENTS__STRIPE__TIMEOUT_MS", "60000")
+        .env("CONCIERGE_JOBS__LEASE_SECS", "1")
+        .env("CONCIERGE_JOBS__POLL_INTERVAL_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start concierge serve");
+    let server = crate::cli::Server(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "concierge serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (server, base)
+}
+
+fn export(data: &std::path::Path, out: &std::path::Path) -> Vec<Value> {
+    let done = crate::cli::concierge(data)
+        .args(["export", "tau-retail"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    ["users.json", "orders.json", "products.json"]
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(out.join(f)).unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_a_process_killed_mid_payment_is_undone_by_the_restarted_one() {
+    let stripe = FakeStripe::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // The shop, an agent, its token and a deal, made in-process on the data dir.
+    let d = data.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| c.data_dir = d).await;
+    stock_shop(&app).await;
+    let agent = register(&app, "buyer-bot").await;
+    let tok = token(&app, &agent, &["negotiate"]).await;
+    let mut ws = connect(&app.addr, &agent, &tok).await;
+    let deal = make_deal(&mut ws, &agent, SHIRT, 2, 5000).await;
+    let deal_id = deal["deal"]["deal_id"].as_str().unwrap().to_string();
+    drop(ws);
+    let before_snapshot = snapshot(&app).await;
+    app.stop().await;
+    let before = export(&data, &tmp.path().join("before"));
+
+    // The binary takes the settle request; the card is charged and the process dies before
+    // the answer (between the payment and its record).
+    stripe.set_confirm(Confirm::ChargeThenHang);
+    let (mut first, base) = serve(&data, &stripe).await;
+    let url = format!("{base}/agent/v1/deals/{deal_id}/settle");
+    let body = json!({"payment_method_id": CARD});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut req = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "crash-1")
+        .bearer_auth(&tok)
+        .body(bytes.clone());
+    for (k, v) in signed_headers(&agent, "POST", &url, &bytes) {
+        req = req.header(k, v);
+    }
+    let in_flight = tokio::spawn(req.send());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stripe.calls().iter().any(|c| c.path.ends_with("/confirm")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the payment never reached Stripe"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the client got no answer"
+    );
+    assert_eq!(
+        stripe.net_charged(),
+        deal["deal"]["total"].as_i64().unwrap(),
+        "money moved"
+    );
+    stripe.release();
+    stripe.set_confirm(Confirm::Succeed);
+
+    // Restarted: the settle job is taken over and undoes it all.
+    let (second, base) = serve(&data, &stripe).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let settlement = loop {
+        let (s, d) = get_deal(&base, &agent, &deal_id).await;
+        assert_eq!(s, 200, "{d}");
+        if d["settlement"]["status"] == "failed" {
+            break d["settlement"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "not recovered: {d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(settlement["reason"], "interrupted", "{settlement}");
+    let steps: Vec<(String, String)> = settlement["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().into(),
+                s["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        steps.contains(&("undo_payment".into(), "refunded".into())),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&("cancel_order".into(), "done".into())),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&("release_stock".into(), "done".into())),
+        "{steps:?}"
+    );
+    assert_eq!(stripe.refunds().len(), 1, "the charge is refunded");
+    assert_eq!(stripe.net_charged(), 0);
+    // The same key again: the same (failed) outcome.
+    let (s, b, replayed) = settle(&base, &agent, &tok, &deal_id, Some("crash-1"), &body).await;
+    assert_eq!(
+        (s, b["status"].as_str(), b["reason"].as_str()),
+        (500, Some("failed"), Some("interrupted")),
+        "{b}"
+    );
+    assert!(replayed);
+    let pid = second.0.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    drop(second);
+
+    // The store is exactly as before: the export, and every variant's stock.
+    let after = export(&data, &tmp.path().join("after"));
+    assert!(before == after, "the export changed");
+    let d = data.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| c.data_dir = d).await;
+    assert!(snapshot(&app).await == before_snapshot);
+    assert!(app.store().verify_audit_chain().await.unwrap().is_intact());
+    app.stop().await;
+}
