@@ -560,8 +560,7 @@ async fn reference_turns(
     .await?;
     let rate = times.len() as f64 / wall.as_secs_f64();
     println!(
-        "  a2a-sdk {} fixed-answer server (Python, uvicorn), same A2A text turns, {concurrency} conn: p50 {:.3} ms, p99 {:.3} ms, {rate:.0} requests/s",
-        "reference",
+        "  a2a-sdk reference fixed-answer server (Python, uvicorn), same A2A text turns, {concurrency} conn: p50 {:.3} ms, p99 {:.3} ms, {rate:.0} requests/s",
         ms(percentile(&mut times, 50.0)),
         ms(percentile(&mut times, 99.0)),
     );

@@ -159,7 +159,6 @@ impl Store {
         match res {
             Ok(_) => {}
             Err(e) => {
-                let e = StoreError::from(e);
                 if e.is_unique_violation() {
                     return Err(StoreError::Conflict(format!(
                         "a staff member with the email {email} already exists"
