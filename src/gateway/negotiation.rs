@@ -1145,6 +1145,7 @@ pub fn card_extension(state: &AppState, base: &str) -> Value {
             "currency": c.currency,
             "negotiation": format!("{base}/agent/v1/negotiations/{{id}}"),
             "deal": format!("{base}/agent/v1/deals/{{id}}"),
+            "settle": format!("{base}/agent/v1/deals/{{id}}/settle"),
         }
     })
 }

@@ -936,6 +936,81 @@ async fn an_expired_deal_cannot_settle(db: Db) {
 }
 on_both!(an_expired_deal_cannot_settle);
 
+// ---- concurrency ----
+
+async fn concurrent_settles_of_one_deal_charge_once(db: Db) {
+    let Some(app) = shop(db, None, None).await else {
+        return;
+    };
+    let agent = register(&app, "buyer-bot").await;
+    let tok = token(&app, &agent, &["negotiate"]).await;
+    let mut ws = connect(&app.addr, &agent, &tok).await;
+    let deal = make_deal(&mut ws, &agent, SHIRT, 2, 5000).await;
+    let deal_id = deal["deal"]["deal_id"].as_str().unwrap().to_string();
+    let total = deal["deal"]["total"].as_i64().unwrap();
+    let before = gift_balance(&app).await;
+    let keys: Vec<String> = (0..6).map(|i| format!("race-{i}")).collect();
+    let body = json!({"payment_method_id": GIFT});
+    let answers = futures::future::join_all(
+        keys.iter()
+            .map(|k| settle(&app.addr, &agent, &tok, &deal_id, Some(k), &body)),
+    )
+    .await;
+    let settled = answers.iter().filter(|(s, _, _)| *s == 201).count();
+    assert_eq!(settled, 1, "{answers:?}");
+    for (s, b, _) in answers.iter().filter(|(s, _, _)| *s != 201) {
+        assert_eq!(*s, 409, "{b}");
+        assert!(
+            b["reason"] == "settlement_in_progress" || b["reason"] == "already_settled",
+            "{b}"
+        );
+    }
+    assert_eq!(gift_balance(&app).await, before - total, "charged once");
+    let orders = app.store().list_customer_orders(CUSTOMER).await.unwrap();
+    assert_eq!(orders.len(), 1, "one order");
+    let shirt = app.store().get_product("p-shirt").await.unwrap().unwrap();
+    assert_eq!(shirt.variants[0].stock, Some(6));
+}
+on_both!(concurrent_settles_of_one_deal_charge_once);
+
+async fn two_deals_racing_for_the_last_stock_settle_one(db: Db) {
+    let Some(app) = shop(db, None, None).await else {
+        return;
+    };
+    let agent = register(&app, "buyer-bot").await;
+    let tok = token(&app, &agent, &["negotiate"]).await;
+    let mut ws = connect(&app.addr, &agent, &tok).await;
+    // Both deals are for 5 of the 8 shirts: each was possible when it was made.
+    let a = make_deal(&mut ws, &agent, SHIRT, 5, 5000).await;
+    let b = make_deal(&mut ws, &agent, SHIRT, 5, 5000).await;
+    let ids = [
+        a["deal"]["deal_id"].as_str().unwrap().to_string(),
+        b["deal"]["deal_id"].as_str().unwrap().to_string(),
+    ];
+    let body = json!({"payment_method_id": GIFT});
+    let answers = futures::future::join_all(
+        ids.iter()
+            .map(|id| settle(&app.addr, &agent, &tok, id, Some(id), &body)),
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![201, 409], "{answers:?}");
+    let lost = answers.iter().find(|(s, _, _)| *s == 409).unwrap();
+    assert_eq!(lost.1["reason"], "out_of_stock", "{}", lost.1);
+    let shirt = app.store().get_product("p-shirt").await.unwrap().unwrap();
+    assert_eq!(shirt.variants[0].stock, Some(3), "8 − 5, never oversold");
+    assert_eq!(
+        app.store()
+            .list_customer_orders(CUSTOMER)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+on_both!(two_deals_racing_for_the_last_stock_settle_one);
+
 // ---- the request itself ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
