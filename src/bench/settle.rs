@@ -59,17 +59,23 @@ fn bad(message: &str) -> Response {
 }
 
 /// Checks the key; a POST with an Idempotency-Key seen before gets its first answer again.
-fn replay(s: &StandState, headers: &HeaderMap, path: &str) -> Result<Option<String>, Response> {
+fn replay(
+    s: &StandState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Option<String>, Box<Response>> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if auth != format!("Bearer {STRIPE_KEY}") {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}})),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}})),
+            )
+                .into_response(),
+        ));
     }
     let key = headers
         .get("idempotency-key")
@@ -78,7 +84,7 @@ fn replay(s: &StandState, headers: &HeaderMap, path: &str) -> Result<Option<Stri
     if let Some(k) = &key
         && let Some(a) = s.lock().ok().and_then(|m| m.answers.get(k).cloned())
     {
-        return Err(axum::Json(a).into_response());
+        return Err(Box::new(axum::Json(a).into_response()));
     }
     Ok(key)
 }
@@ -96,7 +102,7 @@ async fn create(
 ) -> Response {
     let key = match replay(&s, &headers, "create") {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let get = |n: &str| form.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let (Some(amount), Some(currency), Some(pm)) =
@@ -134,7 +140,7 @@ async fn confirm(
 ) -> Response {
     let key = match replay(&s, &headers, &format!("confirm {id}")) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match transition(&s, &id, "succeeded") {
         Some(i) => {
@@ -152,7 +158,7 @@ async fn cancel(
 ) -> Response {
     let key = match replay(&s, &headers, &format!("cancel {id}")) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match transition(&s, &id, "canceled") {
         Some(i) => {
@@ -169,7 +175,7 @@ async fn retrieve(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = replay(&s, &headers, "get") {
-        return r;
+        return *r;
     }
     match s.lock().ok().and_then(|m| m.intents.get(&id).cloned()) {
         Some(i) => axum::Json(i).into_response(),
@@ -184,7 +190,7 @@ async fn refund(
 ) -> Response {
     let key = match replay(&s, &headers, "refund") {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let pi = form
         .iter()
