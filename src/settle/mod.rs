@@ -33,13 +33,7 @@ async fn risk_gate(state: &AppState, agent_id: &str) -> Result<(), String> {
 
 /// Tells risk monitoring how a settlement ended.
 // wired to crate::risk at merge: `crate::risk::settlement_finished(state, agent_id, customer_id, total, settled)`
-pub(crate) fn risk_record(
-    state: &AppState,
-    agent_id: &str,
-    customer_id: &str,
-    total: i64,
-    settled: bool,
-) {
+fn risk_record(state: &AppState, agent_id: &str, customer_id: &str, total: i64, settled: bool) {
     let _ = (state, agent_id, customer_id, total, settled);
 }
 

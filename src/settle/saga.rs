@@ -594,7 +594,8 @@ impl Run<'_> {
         Ok(Order {
             id: id.clone(),
             number: id,
-            source: "deal".into(),
+            // The order's reference to the deal it settles.
+            source: format!("deal:{}", self.s.deal_id),
             customer_id: Some(self.s.customer_id.clone()),
             email: customer
                 .as_ref()

@@ -433,6 +433,12 @@ async fn settle_with_a_gift_card_makes_a_paid_order_at_the_deals_prices(db: Db) 
         .unwrap()
         .expect("order");
     assert_eq!(order.customer_id.as_deref(), Some(CUSTOMER));
+    assert_eq!(
+        order.source,
+        format!("deal:{deal_id}"),
+        "the order names its deal"
+    );
+    assert_eq!(order.status, concierge::commerce::OrderStatus::Pending);
     assert_eq!(order.total, total);
     assert_eq!(order.items.len(), 1);
     assert_eq!(
@@ -1194,13 +1200,21 @@ async fn settle_reservations_count_against_availability_while_a_payment_is_in_fl
 /// A `concierge serve` on `data`, talking to the fake Stripe, with a one-second job lease (so
 /// a dead process's settlement is taken over quickly). Returns it and its base URL once it
 /// answers health.
-async fn serve(data: &std::path::Path, stripe: &FakeStripe) -> (crate::cli::Server, String) {
+async fn serve(
+    data: &std::path::Path,
+    db_url: Option<&str>,
+    stripe: &FakeStripe,
+) -> (crate::cli::Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = crate::cli::concierge(data)
+    let mut cmd = crate::cli::concierge(data);
+    if let Some(url) = db_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let child = cmd
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .env("CONCIERGE_PAYMENTS__STRIPE__BASE_URL", &stripe.url)
         .env("CONCIERGE_PAYMENTS__STRIPE__SECRET_KEY", SECRET_KEY)
@@ -1228,8 +1242,12 @@ async fn serve(data: &std::path::Path, stripe: &FakeStripe) -> (crate::cli::Serv
     (server, base)
 }
 
-fn export(data: &std::path::Path, out: &std::path::Path) -> Vec<Value> {
-    let done = crate::cli::concierge(data)
+fn export(data: &std::path::Path, db_url: Option<&str>, out: &std::path::Path) -> Vec<Value> {
+    let mut cmd = crate::cli::concierge(data);
+    if let Some(url) = db_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let done = cmd
         .args(["export", "tau-retail"])
         .arg(out)
         .output()
@@ -1245,14 +1263,17 @@ fn export(data: &std::path::Path, out: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settle_a_process_killed_mid_payment_is_undone_by_the_restarted_one() {
+async fn a_process_killed_mid_payment_is_undone_by_the_restarted_one(db: Db) {
     let stripe = FakeStripe::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    // The shop, an agent, its token and a deal, made in-process on the data dir.
+    // The shop, an agent, its token and a deal, made in-process on the data dir (and, on
+    // PostgreSQL, a fresh database).
     let d = data.clone();
-    let app = TestApp::spawn_with(Db::Sqlite, move |c| c.data_dir = d).await;
+    let Some(app) = TestApp::spawn_on_with(db, move |c| c.data_dir = d).await else {
+        return;
+    };
+    let db_url = app.config.database_url().map(|u| u.expose().to_string());
     stock_shop(&app).await;
     let agent = register(&app, "buyer-bot").await;
     let tok = token(&app, &agent, &["negotiate"]).await;
@@ -1262,12 +1283,12 @@ async fn settle_a_process_killed_mid_payment_is_undone_by_the_restarted_one() {
     drop(ws);
     let before_snapshot = snapshot(&app).await;
     app.stop().await;
-    let before = export(&data, &tmp.path().join("before"));
+    let before = export(&data, db_url.as_deref(), &tmp.path().join("before"));
 
     // The binary takes the settle request; the card is charged and the process dies before
     // the answer (between the payment and its record).
     stripe.set_confirm(Confirm::ChargeThenHang);
-    let (mut first, base) = serve(&data, &stripe).await;
+    let (mut first, base) = serve(&data, db_url.as_deref(), &stripe).await;
     let url = format!("{base}/agent/v1/deals/{deal_id}/settle");
     let body = json!({"payment_method_id": CARD});
     let bytes = serde_json::to_vec(&body).unwrap();
@@ -1305,7 +1326,7 @@ async fn settle_a_process_killed_mid_payment_is_undone_by_the_restarted_one() {
     stripe.set_confirm(Confirm::Succeed);
 
     // Restarted: the settle job is taken over and undoes it all.
-    let (second, base) = serve(&data, &stripe).await;
+    let (second, base) = serve(&data, db_url.as_deref(), &stripe).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let settlement = loop {
         let (s, d) = get_deal(&base, &agent, &deal_id).await;
@@ -1350,19 +1371,32 @@ async fn settle_a_process_killed_mid_payment_is_undone_by_the_restarted_one() {
         "{b}"
     );
     assert!(replayed);
+    let mut second = second;
     let pid = second.0.id().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    drop(second);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while second.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The store is exactly as before: the export, and every variant's stock.
-    let after = export(&data, &tmp.path().join("after"));
+    let after = export(&data, db_url.as_deref(), &tmp.path().join("after"));
     assert!(before == after, "the export changed");
     let d = data.clone();
-    let app = TestApp::spawn_with(Db::Sqlite, move |c| c.data_dir = d).await;
+    let app = TestApp::spawn_with(db, move |c| {
+        c.data_dir = d;
+        c.database.url = db_url.map(concierge::util::Secret::new);
+    })
+    .await;
     assert!(snapshot(&app).await == before_snapshot);
     assert!(app.store().verify_audit_chain().await.unwrap().is_intact());
     app.stop().await;
 }
+on_both!(a_process_killed_mid_payment_is_undone_by_the_restarted_one);
