@@ -378,9 +378,16 @@ fn audit_tools(entries: &[concierge::store::AuditEntry]) -> Vec<String> {
 // ---- the happy paths ----
 
 async fn settle_with_a_gift_card_makes_a_paid_order_at_the_deals_prices(db: Db) {
-    let Some(app) = shop(db, None, None).await else {
+    // A data dir of the test's own, so that `concierge export` can read it after the server
+    // stops.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.clone();
+    let Some(app) = TestApp::spawn_on_with(db, move |c| c.data_dir = d).await else {
         return;
     };
+    stock_shop(&app).await;
+    let db_url = app.config.database_url().map(|u| u.expose().to_string());
     let agent = register(&app, "buyer-bot").await;
     let tok = token(&app, &agent, &["negotiate"]).await;
     let mut ws = connect(&app.addr, &agent, &tok).await;
@@ -542,6 +549,45 @@ async fn settle_with_a_gift_card_makes_a_paid_order_at_the_deals_prices(db: Db) 
     assert_eq!(paid.effects[0]["balance_after"], before_balance - total);
     let v = app.store().verify_audit_chain().await.unwrap();
     assert!(v.is_intact(), "{v:?}");
+
+    // `concierge export tau-retail` (the binary) shows the paid order and the spent balance;
+    // `concierge audit verify` agrees the chain is intact.
+    app.stop().await;
+    let [users, orders, _products] = export(&data, db_url.as_deref(), &tmp.path().join("export"))
+        .try_into()
+        .unwrap();
+    let o = &orders[&order_id];
+    assert_eq!(o["user_id"], CUSTOMER, "{o}");
+    assert_eq!(o["status"], "pending");
+    let items = o["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["item_id"] == SHIRT));
+    let price = |v: &Value| (v.as_f64().unwrap() * 100.0).round() as i64;
+    assert!(items.iter().all(|i| price(&i["price"]) == unit), "{o}");
+    assert_eq!(o["payment_history"][0]["transaction_type"], "payment");
+    assert_eq!(price(&o["payment_history"][0]["amount"]), total);
+    assert_eq!(o["payment_history"][0]["payment_method_id"], GIFT);
+    assert!(
+        users[CUSTOMER]["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == order_id.as_str())
+    );
+    assert_eq!(
+        price(&users[CUSTOMER]["payment_methods"][GIFT]["balance"]),
+        before_balance - total
+    );
+    let mut verify = crate::cli::concierge(&data);
+    if let Some(url) = &db_url {
+        verify.env("DATABASE_URL", url);
+    }
+    let out = verify.args(["audit", "verify"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 on_both!(settle_with_a_gift_card_makes_a_paid_order_at_the_deals_prices);
 
