@@ -345,30 +345,41 @@ impl Store {
             Ok(product) => return Ok(product),
             Err(epoch) => epoch,
         };
-        let product = self.load_product(id).await?;
-        self.cache.keep_product(epoch, id, product.clone());
+        let (product, held) = self.load_product(id).await?;
+        // A product with stock held for a running settlement is not kept: its availability
+        // changes when the hold expires, which no write announces.
+        if !held {
+            self.cache.keep_product(epoch, id, product.clone());
+        }
         Ok(product)
     }
 
-    async fn load_product(&self, id: &str) -> StoreResult<Option<Product>> {
+    /// The product, and whether any of its stock is held by a settlement now.
+    async fn load_product(&self, id: &str) -> StoreResult<(Option<Product>, bool)> {
         let row = sqlx::query("SELECT * FROM products WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            return Ok((None, false));
+        };
         let mut p = product_from_row(&row)?;
-        p.variants = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM variants v WHERE v.product_id = $1 ORDER BY v.position",
             variant_columns(2)
         )))
         .bind(id)
         .bind(crate::util::now_ms())
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(variant_from_row)
-        .collect::<StoreResult<_>>()?;
-        Ok(Some(p))
+        .await?;
+        let held = rows
+            .iter()
+            .any(|r| r.try_get::<i64, _>("held").unwrap_or(0) > 0);
+        p.variants = rows
+            .iter()
+            .map(variant_from_row)
+            .collect::<StoreResult<_>>()?;
+        Ok((Some(p), held))
     }
 
     /// Every customer with emails and payment methods, in id order.

@@ -1446,3 +1446,62 @@ async fn a_process_killed_mid_payment_is_undone_by_the_restarted_one(db: Db) {
     app.stop().await;
 }
 on_both!(a_process_killed_mid_payment_is_undone_by_the_restarted_one);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_a_reservation_past_its_expiry_stops_counting_and_the_settlement_is_undone() {
+    let stripe = FakeStripe::start().await;
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.payments.stripe.base_url = stripe.url.clone();
+        c.payments.stripe.secret_key = Some(concierge::util::Secret::new(SECRET_KEY));
+        c.payments.stripe.timeout_ms = 20_000;
+        c.payments.reservation_secs = 1;
+    })
+    .await;
+    stock_shop(&app).await;
+    let agent = register(&app, "buyer-bot").await;
+    let tok = token(&app, &agent, &["negotiate"]).await;
+    let mut ws = connect(&app.addr, &agent, &tok).await;
+    let deal = make_deal(&mut ws, &agent, SHIRT, 5, 5000).await;
+    let deal_id = deal["deal"]["deal_id"].as_str().unwrap().to_string();
+    let before = snapshot(&app).await;
+    stripe.set_confirm(Confirm::ChargeThenHang);
+    let base = app.addr.clone();
+    let settling = tokio::spawn(async move {
+        settle(
+            &base,
+            &agent,
+            &tok,
+            &deal_id,
+            Some("slow"),
+            &json!({"payment_method_id": CARD}),
+        )
+        .await
+    });
+    let stock = async || {
+        app.store()
+            .get_product("p-shirt")
+            .await
+            .unwrap()
+            .unwrap()
+            .variants[0]
+            .stock
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stock().await != Some(3) {
+        assert!(std::time::Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the hold's expiry the shirts are available again, though the payment still hangs.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(stock().await, Some(8), "an expired hold no longer counts");
+    stripe.release();
+    let (status, body, _) = settling.await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "reservation_expired");
+    assert_eq!(
+        step_status(&body, "undo_payment").as_deref(),
+        Some("refunded")
+    );
+    assert_eq!(stripe.net_charged(), 0);
+    assert!(snapshot(&app).await == before);
+}
