@@ -423,3 +423,35 @@ pub async fn view(state: &AppState, deal_id: &str) -> Option<Value> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_body;
+
+    #[test]
+    fn settle_bodies_are_read_with_errors_that_name_the_field() {
+        let ok = parse_body(br#"{"payment_method_id": "gift_card_1"}"#).unwrap();
+        assert_eq!(ok.payment_method_id, "gift_card_1");
+        assert!(ok.address.is_none());
+        let with = parse_body(
+            br#"{"payment_method_id": "pm_1", "address": {"address1": "1 A St", "city": "X", "zip": "1", "country": "US"}}"#,
+        )
+        .unwrap();
+        assert_eq!(with.address.unwrap().state, "");
+        for (body, needle) in [
+            (&b""[..], "JSON object"),
+            (b"[]", "settle request"),
+            (b"{}", "payment_method_id"),
+            (br#"{"payment_method_id": " "}"#, "payment_method_id is empty"),
+            (br#"{"payment_method_id": "g", "amount": 1}"#, "amount"),
+            (br#"{"payment_method_id": "g", "address": {"city": "X"}}"#, "address"),
+            (
+                br#"{"payment_method_id": "g", "address": {"address1": "a", "city": "X", "zip": "", "country": "US"}}"#,
+                "address.zip",
+            ),
+        ] {
+            let e = parse_body(body).unwrap_err();
+            assert!(e.contains(needle), "{}: {e}", String::from_utf8_lossy(body));
+        }
+    }
+}

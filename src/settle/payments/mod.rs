@@ -218,3 +218,59 @@ pub fn provider_for(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::Secret;
+
+    fn method(id: &str, kind: &str) -> PaymentMethod {
+        PaymentMethod {
+            id: id.into(),
+            kind: kind.into(),
+            brand: None,
+            last_four: None,
+            balance: None,
+            currency: "USD".into(),
+        }
+    }
+
+    #[test]
+    fn settle_providers_serve_gift_cards_and_configured_cards_only() {
+        let mut c = PaymentsConfig::default();
+        c.stripe.secret_key_env = "CONCIERGE_TEST_NO_SUCH_VARIABLE".into();
+        let gift = provider_for(&c, &method("gift_card_1", "gift_card")).unwrap();
+        assert_eq!(gift.name(), "gift_card");
+        let e = provider_for(&c, &method("credit_card_1", "credit_card"))
+            .err()
+            .unwrap();
+        assert!(e.contains("not configured"), "{e}");
+        let e = provider_for(&c, &method("paypal_1", "paypal"))
+            .err()
+            .unwrap();
+        assert!(e.contains("paypal"), "{e}");
+        c.stripe.secret_key = Some(Secret::new("sk_test_x"));
+        let card = provider_for(&c, &method("credit_card_1", "credit_card")).unwrap();
+        assert_eq!(card.name(), "stripe");
+    }
+
+    #[test]
+    fn settle_idempotency_keys_differ_per_call_deal_and_attempt() {
+        let p = Payment {
+            deal_id: "deal_a".into(),
+            attempt: 1,
+            customer_id: "c".into(),
+            method: method("pm_1", "card"),
+            amount: 100,
+            currency: "USD".into(),
+        };
+        let mut q = p.clone();
+        q.attempt = 2;
+        assert_ne!(p.idempotency_key("create"), p.idempotency_key("confirm"));
+        assert_ne!(p.idempotency_key("create"), q.idempotency_key("create"));
+        assert_eq!(
+            p.idempotency_key("refund"),
+            p.clone().idempotency_key("refund")
+        );
+    }
+}
