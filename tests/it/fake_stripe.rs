@@ -52,6 +52,8 @@ struct Inner {
     calls: Vec<Call>,
     answers: HashMap<String, (u16, Value)>,
     confirm: Option<Confirm>,
+    /// Refund requests still to fail with a 500 (Stripe having a bad minute).
+    refund_failures: usize,
     next: u64,
 }
 
@@ -96,6 +98,11 @@ impl FakeStripe {
 
     pub fn set_confirm(&self, c: Confirm) {
         self.inner.lock().unwrap().confirm = Some(c);
+    }
+
+    /// Makes the next `n` refund requests fail with a 500, before doing anything.
+    pub fn fail_refunds(&self, n: usize) {
+        self.inner.lock().unwrap().refund_failures = n;
     }
 
     /// Lets a [`Confirm::ChargeThenHang`] confirmation answer.
@@ -396,6 +403,22 @@ async fn refund(
     let path = "/v1/refunds";
     if let Err(a) = f.begin("POST", path, &headers, &form) {
         return reply(a, true);
+    }
+    {
+        let mut inner = f.inner.lock().unwrap();
+        if inner.refund_failures > 0 {
+            inner.refund_failures -= 1;
+            // Failed before running: not stored under the key, so a retry runs.
+            return reply(
+                stripe_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    "unavailable",
+                    "Try again later",
+                ),
+                false,
+            );
+        }
     }
     let answer = {
         let mut inner = f.inner.lock().unwrap();

@@ -988,6 +988,64 @@ async fn an_expired_deal_cannot_settle(db: Db) {
 }
 on_both!(an_expired_deal_cannot_settle);
 
+async fn a_refund_that_fails_is_retried_by_the_settle_job_until_it_goes_through(db: Db) {
+    let stripe = FakeStripe::start().await;
+    let Some(app) = shop(db, Some(&stripe), None).await else {
+        return;
+    };
+    let agent = register(&app, "buyer-bot").await;
+    let tok = token(&app, &agent, &["negotiate"]).await;
+    let mut ws = connect(&app.addr, &agent, &tok).await;
+    let deal = make_deal(&mut ws, &agent, SHIRT, 1, 5000).await;
+    let deal_id = deal["deal"]["deal_id"].as_str().unwrap().to_string();
+    let before = snapshot(&app).await;
+    stripe.set_confirm(Confirm::ChargeThenFail);
+    stripe.fail_refunds(2);
+    let (status, body, _) = settle(
+        &app.addr,
+        &agent,
+        &tok,
+        &deal_id,
+        Some("flaky"),
+        &json!({"payment_method_id": CARD}),
+    )
+    .await;
+    // The outcome is decided (failed) though the refund has not gone through yet.
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["reason"], "payment_error");
+    assert_eq!(
+        step_status(&body, "undo_payment").as_deref(),
+        Some("failed"),
+        "{body}"
+    );
+    assert_eq!(
+        stripe.net_charged(),
+        deal["deal"]["total"].as_i64().unwrap()
+    );
+    // The worker retries the job until the refund goes through, then undoes the rest.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let settlement = loop {
+        let (_, d) = get_deal(&app.addr, &agent, &deal_id).await;
+        if d["settlement"]["status"] == "failed" {
+            break d["settlement"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never compensated: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(settlement["reason"], "payment_error");
+    assert_eq!(stripe.refunds().len(), 1);
+    assert_eq!(stripe.net_charged(), 0);
+    assert!(snapshot(&app).await == before);
+    let f = settled_frame(&mut ws).await;
+    assert_eq!(f["status"], "failed");
+    assert!(app.store().verify_audit_chain().await.unwrap().is_intact());
+}
+on_both!(a_refund_that_fails_is_retried_by_the_settle_job_until_it_goes_through);
+
 // ---- concurrency ----
 
 async fn concurrent_settles_of_one_deal_charge_once(db: Db) {
