@@ -28,12 +28,13 @@ use crate::worker::JobError;
 /// The job kind that runs (and recovers) a settlement; payload `{deal_id, attempt}`.
 pub const JOB_SETTLE: &str = "settle";
 
-/// The forward steps, with their place in the log.
+/// The forward steps, with their place in the log (telling the agent comes last, after any
+/// compensation).
 pub const RESERVE: (&str, i64) = ("reserve_stock", 1);
 pub const ORDER: (&str, i64) = ("create_order", 2);
 pub const PAYMENT: (&str, i64) = ("take_payment", 3);
 pub const CONFIRM: (&str, i64) = ("confirm", 4);
-pub const NOTIFY: (&str, i64) = ("notify_agent", 5);
+pub const NOTIFY: (&str, i64) = ("notify_agent", 20);
 /// The compensations, run in this order (the reverse of the steps they undo).
 pub const UNDO_PAYMENT: (&str, i64) = ("undo_payment", 11);
 pub const CANCEL_ORDER: (&str, i64) = ("cancel_order", 12);
