@@ -87,7 +87,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn frames_reach_the_agents_open_sockets_only() {
+    fn settled_frames_reach_the_agents_open_sockets_only() {
         let s = Arc::new(super::AgentSockets::default());
         let (a1, mut r1) = s.register("agt_a");
         let (_a2, mut r2) = s.register("agt_a");
