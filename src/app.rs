@@ -50,6 +50,7 @@ pub fn job_handlers() -> Handlers {
         .on(crate::inbox::JOB_TURN, crate::inbox::turn::job)
         .on(crate::store::JOB_DELIVER, crate::channels::outbox::job)
         .on(JOB_REINDEX, reindex_job)
+        .on(crate::settle::JOB_SETTLE, crate::settle::job)
 }
 
 fn reindex_job<'a>(state: &'a AppState, _job: &'a Job) -> JobFuture<'a> {
@@ -146,6 +147,7 @@ impl Application {
                 limits,
                 jobs_queued: Default::default(),
                 risk,
+                agent_sockets: Default::default(),
             },
         })
     }

@@ -36,6 +36,7 @@ pub struct Config {
     pub chat: ChatConfig,
     pub verification: VerificationConfig,
     pub limits: LimitsConfig,
+    pub payments: PaymentsConfig,
 }
 
 impl Default for Config {
@@ -57,6 +58,7 @@ impl Default for Config {
             chat: ChatConfig::default(),
             verification: VerificationConfig::default(),
             limits: LimitsConfig::default(),
+            payments: PaymentsConfig::default(),
         }
     }
 }
@@ -172,6 +174,68 @@ impl Default for LogConfig {
             format: "pretty".into(),
             level: "info".into(),
         }
+    }
+}
+
+/// Settling negotiated deals (`crate::settle`): how long stock is held for a running
+/// settlement, and the card processor. Gift cards are paid from the balances in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// How long a settlement's stock reservation holds before it no longer counts against
+    /// availability (a settlement normally consumes or releases it within seconds).
+    pub reservation_secs: u64,
+    /// Card payments through Stripe's PaymentIntents API; off until a secret key is set.
+    pub stripe: StripeConfig,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        PaymentsConfig {
+            reservation_secs: 900,
+            stripe: StripeConfig::default(),
+        }
+    }
+}
+
+/// `[payments.stripe]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeConfig {
+    /// The API's base URL (a test double's, or Stripe's).
+    pub base_url: String,
+    /// The environment variable holding the secret key (`sk_live_…`, `sk_test_…`).
+    pub secret_key_env: String,
+    /// The secret key itself, when not read from `secret_key_env`
+    /// (`CONCIERGE_PAYMENTS__STRIPE__SECRET_KEY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<Secret>,
+    /// Longest one API call may take; past it the payment's outcome is unknown and the
+    /// settlement undoes it (cancel or refund).
+    pub timeout_ms: u64,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        StripeConfig {
+            base_url: "https://api.stripe.com".into(),
+            secret_key_env: "STRIPE_SECRET_KEY".into(),
+            secret_key: None,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl StripeConfig {
+    /// The secret key: `secret_key`, else the variable `secret_key_env` names; None = card
+    /// payments are off.
+    pub fn key(&self) -> Option<Secret> {
+        self.secret_key.clone().or_else(|| {
+            std::env::var(&self.secret_key_env)
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| Secret::new(k.trim()))
+        })
     }
 }
 
@@ -597,6 +661,24 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[limits] password_checks must be at least 1".into(),
             ));
+        }
+        if self.payments.reservation_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "[payments] reservation_secs must be at least 1".into(),
+            ));
+        }
+        if self.payments.stripe.timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "[payments.stripe] timeout_ms must be at least 1".into(),
+            ));
+        }
+        if !(self.payments.stripe.base_url.starts_with("http://")
+            || self.payments.stripe.base_url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[payments.stripe] base_url must be an http(s) URL, not {:?}",
+                self.payments.stripe.base_url
+            )));
         }
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid(

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod negotiate;
 pub mod risk;
 pub mod search;
+pub mod settle;
 pub mod state;
 pub mod store;
 pub mod telemetry;

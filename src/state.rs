@@ -37,6 +37,9 @@ pub struct AppState {
     pub jobs_queued: Arc<Notify>,
     /// Exposure limits and circuit breakers on agent commerce (`crate::risk`).
     pub risk: Arc<crate::negotiate::risk::Risk>,
+    /// Consumer agents' negotiation sockets open on this instance (settlement news reaches
+    /// them there).
+    pub agent_sockets: Arc<crate::negotiate::sockets::AgentSockets>,
 }
 
 impl AppState {

@@ -5,6 +5,7 @@
 pub mod gateway;
 mod memory;
 pub mod negotiate;
+mod settle;
 pub mod web;
 
 use std::path::PathBuf;
@@ -119,6 +120,15 @@ pub enum BenchCommand {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Settling negotiated deals: settlement latency p50/p99 paying with a gift card and with
+    /// a card through an in-process Stripe stand-in, and negotiations + settlements per second
+    /// end to end over N agents.
+    Settle {
+        #[arg(long, default_value_t = 200)]
+        settlements: usize,
+        #[arg(long, default_value_t = 8)]
+        agents: usize,
+    },
     /// The staff inbox: queue (N conversations), escalation list and a long conversation,
     /// rendered in-process and over HTTP — p50/p99.
     Inbox {
@@ -165,6 +175,10 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             database_url,
         } => bench_agent(&path, messages, &concurrency, database_url.as_deref()).await,
         BenchCommand::Memory { orders, sockets } => memory::run(orders, sockets).await,
+        BenchCommand::Settle {
+            settlements,
+            agents,
+        } => settle::run(settlements, agents).await,
         BenchCommand::Gateway {
             path,
             requests,

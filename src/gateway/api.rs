@@ -432,6 +432,7 @@ pub fn openapi_document(state: &AppState, base: &str) -> Value {
         }}),
     );
     super::negotiation::openapi_paths(&mut paths);
+    super::settlement::openapi_paths(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -468,6 +469,7 @@ pub fn openapi_document(state: &AppState, base: &str) -> Value {
                     },
                     "required": ["data"]
                 },
+                "Settlement": super::settlement::openapi_schema(),
                 "Error": {
                     "type": "object",
                     "properties": {"error": {"type": "object", "properties": {

@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod mcp;
 pub mod negotiation;
+pub mod settlement;
 pub mod tokens;
 
 use axum::Router;
@@ -506,4 +507,5 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .merge(api::routes(state))
         .merge(delegation::routes(state))
         .merge(negotiation::routes())
+        .merge(settlement::routes())
 }

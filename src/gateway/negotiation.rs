@@ -160,6 +160,8 @@ impl Session {
     async fn run(mut self, socket: WebSocket) {
         let (mut sink, mut stream) = socket.split();
         let mut halts = self.state.risk.subscribe();
+        // News about this agent's deals (a settlement's outcome) arrives here while it is open.
+        let (_registration, mut news) = self.state.agent_sockets.register(&self.agent.id);
         loop {
             let next_deadline = self.deadlines.iter().next().map(|(at, _)| *at);
             let sleep = async {
@@ -202,6 +204,7 @@ impl Session {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => continue,
                 },
+                Some(frame) = news.recv() => vec![frame],
             };
             for f in out {
                 if sink
@@ -1211,6 +1214,10 @@ async fn get_deal(State(state): State<AppState>, Path(id): Path<String>, req: Re
             if let Ok(key) = super::service_key(&state) {
                 body["brand_public_key"] = json!(identity::encode_public_key(&key.verifying_key()));
             }
+            // Its settlement (`POST /agent/v1/deals/{id}/settle`), when one was started.
+            body["settlement"] = crate::settle::view(&state, &id)
+                .await
+                .unwrap_or(Value::Null);
             axum::Json(body).into_response()
         }
         Ok(_) => error(StatusCode::NOT_FOUND, "not_found", "no such deal of yours"),
@@ -1252,6 +1259,7 @@ pub fn card_extension(state: &AppState, base: &str) -> Value {
             "currency": c.currency,
             "negotiation": format!("{base}/agent/v1/negotiations/{{id}}"),
             "deal": format!("{base}/agent/v1/deals/{{id}}"),
+            "settle": format!("{base}/agent/v1/deals/{{id}}/settle"),
         }
     })
 }
@@ -1276,7 +1284,8 @@ pub fn openapi_paths(paths: &mut serde_json::Map<String, Value>) {
             "deal_id",
             "A deal of the signing agent with both signatures: brand_sig (the service key over \
              the JCS bytes of `deal`) and agent_sig (the agent's committing frame), deal_hash \
-             (sha256 of the JCS bytes) and the brand's public key.",
+             (sha256 of the JCS bytes), the brand's public key, and its settlement (status, \
+             reason, order_id, the saga's steps) once one was started.",
         ),
     ] {
         paths.insert(

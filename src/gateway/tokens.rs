@@ -43,7 +43,8 @@ use crate::commerce::{Millis, Minor};
 use crate::store::{Store, TokenRecord};
 
 /// The operations a token may allow: the tools about a customer (everything except looking
-/// customers up), and `negotiate` (the negotiation WebSocket, `gateway::negotiation`).
+/// customers up), `negotiate` (the negotiation WebSocket, `gateway::negotiation`) and `settle`
+/// (paying for a negotiated deal, `gateway::settlement`; a deal's own token may settle it too).
 pub const OPERATIONS: &[&str] = &[
     "get_order",
     "list_customer_orders",
@@ -58,6 +59,7 @@ pub const OPERATIONS: &[&str] = &[
     "update_customer_address",
     "escalate",
     "negotiate",
+    "settle",
 ];
 
 /// The operations a token gets when nobody says otherwise: reading orders and the writes a

@@ -14,6 +14,7 @@ pub mod frames;
 pub mod limits;
 pub mod metrics;
 pub mod risk;
+pub mod sockets;
 pub mod store;
 pub mod strategy;
 pub mod terms;

@@ -110,6 +110,55 @@ pub fn settlement_finished_after(
     reason: Option<&str>,
     since_agreement: Option<Duration>,
 ) {
+    record_settlement(
+        state,
+        None,
+        agent_id,
+        customer_id,
+        total,
+        settled,
+        reason,
+        since_agreement,
+    );
+}
+
+/// What the settlement saga reports when a deal's settlement ends: [`settlement_finished_after`]
+/// for that very deal, which stops counting as exposure.
+pub struct DealOutcome<'a> {
+    pub deal_id: &'a str,
+    pub agent_id: &'a str,
+    pub customer_id: &'a str,
+    pub total: i64,
+    pub settled: bool,
+    pub reason: Option<&'a str>,
+    pub since_agreement: Option<Duration>,
+}
+
+/// A deal's settlement finished; see [`DealOutcome`].
+pub fn deal_settlement_finished(state: &AppState, o: DealOutcome<'_>) {
+    record_settlement(
+        state,
+        Some(o.deal_id),
+        o.agent_id,
+        o.customer_id,
+        o.total,
+        o.settled,
+        o.reason,
+        o.since_agreement,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_settlement(
+    state: &AppState,
+    deal_id: Option<&str>,
+    agent_id: &str,
+    customer_id: &str,
+    total: i64,
+    settled: bool,
+    reason: Option<&str>,
+    since_agreement: Option<Duration>,
+) {
     let outcome = if settled { "settled" } else { "failed" };
     metrics::counter!(
         "concierge_settlement_outcomes_total",
@@ -122,7 +171,7 @@ pub fn settlement_finished_after(
     }
     state
         .risk
-        .settlement_finished(agent_id, customer_id, total, settled, now_ms());
+        .deal_settlement_finished(deal_id, agent_id, customer_id, total, settled, now_ms());
 }
 
 /// A reason as a metric label: a short snake_case word, else `other` (labels stay few).

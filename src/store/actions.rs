@@ -408,6 +408,32 @@ impl Store {
         append(conn, head, request, fields, self.audit_signer.as_deref()).await
     }
 
+    /// [`Store::record_action_in`] for a write the caller made itself in its transaction (a
+    /// settlement step): the order before and after (model JSON, None when not an order
+    /// change) and the effects outside it (`[{"payment_method_id", "balance_before",
+    /// "balance_after"}]`, or anything the step moved), hashed into the chain with the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_change_in(
+        &self,
+        conn: &mut AnyConnection,
+        request: &ActionRequest,
+        order_id: Option<&str>,
+        before: Option<Value>,
+        after: Option<Value>,
+        effects: Value,
+        outcome: &str,
+    ) -> StoreResult<AuditEntry> {
+        let head = lock_head(conn).await?;
+        let fields = EntryFields {
+            order_id: order_id.map(str::to_string),
+            before,
+            after,
+            effects,
+            outcome: outcome.to_string(),
+        };
+        append(conn, head, request, fields, self.audit_signer.as_deref()).await
+    }
+
     /// Up to `limit` entries with `seq > after_seq`, oldest first.
     pub async fn audit_entries(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditEntry>> {
         let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
@@ -844,10 +870,14 @@ async fn load_variants(
         }
     }
     for pid in products {
-        for r in sqlx::query("SELECT * FROM variants WHERE product_id = $1 ORDER BY position")
-            .bind(pid)
-            .fetch_all(&mut *conn)
-            .await?
+        for r in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM variants v WHERE v.product_id = $1 ORDER BY v.position",
+            super::commerce::variant_columns(2)
+        )))
+        .bind(pid)
+        .bind(crate::util::now_ms())
+        .fetch_all(&mut *conn)
+        .await?
         {
             let v = variant_from_row(&r)?;
             out.insert(v.id.clone(), v);
@@ -855,10 +885,14 @@ async fn load_variants(
     }
     let extra: HashSet<&String> = extra.iter().filter(|id| !out.contains_key(*id)).collect();
     for id in extra {
-        if let Some(r) = sqlx::query("SELECT * FROM variants WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?
+        if let Some(r) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM variants v WHERE v.id = $1",
+            super::commerce::variant_columns(2)
+        )))
+        .bind(id.as_str())
+        .bind(crate::util::now_ms())
+        .fetch_optional(&mut *conn)
+        .await?
         {
             let v = variant_from_row(&r)?;
             out.insert(v.id.clone(), v);

@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
-use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use super::cache::OrderKey;
 use super::changes::{BULK_CHANGES, Change};
@@ -345,26 +345,41 @@ impl Store {
             Ok(product) => return Ok(product),
             Err(epoch) => epoch,
         };
-        let product = self.load_product(id).await?;
-        self.cache.keep_product(epoch, id, product.clone());
+        let (product, held) = self.load_product(id).await?;
+        // A product with stock held for a running settlement is not kept: its availability
+        // changes when the hold expires, which no write announces.
+        if !held {
+            self.cache.keep_product(epoch, id, product.clone());
+        }
         Ok(product)
     }
 
-    async fn load_product(&self, id: &str) -> StoreResult<Option<Product>> {
+    /// The product, and whether any of its stock is held by a settlement now.
+    async fn load_product(&self, id: &str) -> StoreResult<(Option<Product>, bool)> {
         let row = sqlx::query("SELECT * FROM products WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            return Ok((None, false));
+        };
         let mut p = product_from_row(&row)?;
-        p.variants = sqlx::query("SELECT * FROM variants WHERE product_id = $1 ORDER BY position")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM variants v WHERE v.product_id = $1 ORDER BY v.position",
+            variant_columns(2)
+        )))
+        .bind(id)
+        .bind(crate::util::now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        let held = rows
+            .iter()
+            .any(|r| r.try_get::<i64, _>("held").unwrap_or(0) > 0);
+        p.variants = rows
             .iter()
             .map(variant_from_row)
             .collect::<StoreResult<_>>()?;
-        Ok(Some(p))
+        Ok((Some(p), held))
     }
 
     /// Every customer with emails and payment methods, in id order.
@@ -405,9 +420,13 @@ impl Store {
     /// Every product with its variants, in id order.
     pub async fn all_products(&self) -> StoreResult<Vec<Product>> {
         let mut variants: HashMap<String, Vec<Variant>> = HashMap::new();
-        for r in sqlx::query("SELECT * FROM variants ORDER BY position")
-            .fetch_all(&self.pool)
-            .await?
+        for r in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM variants v ORDER BY v.position",
+            variant_columns(1)
+        )))
+        .bind(crate::util::now_ms())
+        .fetch_all(&self.pool)
+        .await?
         {
             let v = variant_from_row(&r)?;
             variants.entry(v.product_id.clone()).or_default().push(v);
@@ -655,6 +674,14 @@ async fn put_product(conn: &mut AnyConnection, p: &Product) -> StoreResult<()> {
         .await?;
     }
     Ok(())
+}
+
+/// [`put_order`] for the other store modules.
+pub(super) async fn put_order_conn(
+    conn: &mut AnyConnection,
+    o: &Order,
+) -> StoreResult<Option<String>> {
+    put_order(conn, o).await
 }
 
 /// Writes an order; returns the number it had before when this write renumbered it.
@@ -913,7 +940,21 @@ pub(super) fn product_from_row(r: &AnyRow) -> StoreResult<Product> {
     })
 }
 
+/// A variant's columns (of `variants v`) with `held`: the units reserved for running
+/// settlements (reservations `held` and not yet expired at the query's parameter
+/// `$time_param`), which [`variant_from_row`] subtracts from tracked stock — so every read of
+/// availability counts them.
+pub(super) fn variant_columns(time_param: usize) -> String {
+    format!(
+        "v.*, CAST(COALESCE((SELECT SUM(r.quantity) FROM stock_reservations r \
+         WHERE r.variant_id = v.id AND r.status = 'held' AND r.expires_at > ${time_param}), 0) \
+         AS BIGINT) AS held"
+    )
+}
+
 pub(super) fn variant_from_row(r: &AnyRow) -> StoreResult<Variant> {
+    // Rows read without the `held` column (none reserved) count nothing.
+    let held = r.try_get::<i64, _>("held").unwrap_or(0);
     Ok(Variant {
         id: get_str(r, "id")?,
         product_id: get_str(r, "product_id")?,
@@ -923,7 +964,7 @@ pub(super) fn variant_from_row(r: &AnyRow) -> StoreResult<Variant> {
         price: get_i64(r, "price_minor")?,
         currency: get_str(r, "currency")?,
         available: get_i64(r, "available")? != 0,
-        stock: get_opt_i64(r, "stock")?,
+        stock: get_opt_i64(r, "stock")?.map(|s| s - held),
     })
 }
 

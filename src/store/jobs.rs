@@ -103,6 +103,28 @@ impl Store {
         Ok(id)
     }
 
+    /// Queues a job in the caller's write transaction, due at `run_at` (a job that must exist
+    /// exactly when the row it works on does, but that the caller means to run itself first —
+    /// it claims it by id; the worker takes it only if that never happens). With a
+    /// `dedupe_key` already queued, returns that job's id.
+    pub async fn enqueue_job_in(
+        &self,
+        tx: &mut super::WriteTx,
+        kind: &str,
+        payload: &Value,
+        dedupe_key: Option<&str>,
+        max_attempts: i64,
+        run_at: i64,
+    ) -> StoreResult<String> {
+        let id = insert_job(tx, kind, payload, dedupe_key, max_attempts).await?;
+        sqlx::query("UPDATE jobs SET run_at = $2 WHERE id = $1 AND status = 'queued'")
+            .bind(id.as_str())
+            .bind(run_at)
+            .execute(&mut **tx)
+            .await?;
+        Ok(id)
+    }
+
     /// Claims the next due job (queued and due, or running with an expired lease) for
     /// `lease_ms`.
     pub async fn claim_job(&self, worker: &str, lease_ms: i64) -> StoreResult<Option<Job>> {

@@ -260,3 +260,40 @@ fn the_readme_architecture_names_the_modules_in_an_order_their_imports_respect()
         );
     }
 }
+
+/// Every outgoing HTTP client comes from `http_client`, which installs ring as rustls' crypto
+/// provider first: a client made any other way panics at its first use ("No rustls crypto
+/// provider is configured") in a process that has not made one through `http_client` yet.
+#[test]
+fn http_clients_are_made_by_http_client_only() {
+    let mut files = Vec::new();
+    rust_files(&repo_path("src"), &mut files);
+    rust_files(&repo_path("tests"), &mut files);
+    let own = [
+        repo_path("src/http_client.rs"),
+        repo_path("tests/it/architecture.rs"),
+    ];
+    let forbidden = [
+        "reqwest::Client::new(",
+        "reqwest::Client::builder(",
+        "reqwest::ClientBuilder::new(",
+        "reqwest::get(",
+    ];
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| !own.contains(f)) {
+        let text = std::fs::read_to_string(file).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            if let Some(f) = forbidden.iter().find(|f| line.contains(*f)) {
+                found.push(format!("{}:{}: {f}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "make HTTP clients with concierge::http_client::{{client, builder}}:\n{}",
+        found.join("\n")
+    );
+}

@@ -799,10 +799,27 @@ impl Risk {
         settled: bool,
         now: i64,
     ) {
+        self.deal_settlement_finished(None, agent, customer, total, settled, now);
+    }
+
+    /// [`settlement_finished`](Self::settlement_finished) of a known deal: that very deal
+    /// stops counting (without its id, the customer's deal closest in value does).
+    pub fn deal_settlement_finished(
+        &self,
+        deal_id: Option<&str>,
+        agent: &str,
+        customer: &str,
+        total: Minor,
+        settled: bool,
+        now: i64,
+    ) {
         let c = &self.config;
         let mut g = self.lock();
         g.ledger.prune(now);
-        g.ledger.release_settled(agent, customer, total);
+        let released = deal_id.is_some_and(|id| g.ledger.remove_deal(id));
+        if !released {
+            g.ledger.release_settled(agent, customer, total);
+        }
         gauge_exposure(&g.ledger, agent);
         for scope in [Scope::Brand, Scope::Agent(agent.to_string())] {
             self.refresh(&mut g, &scope, now);
