@@ -349,17 +349,23 @@ async fn bench_agent(
     println!(
         "agent: single-turn order status over HTTP (POST /api/v1/messages, verified sender, offline resolver), {messages} messages per run"
     );
-    let mut engines: Vec<Option<crate::drill::ScratchDatabase>> = vec![None];
-    if let Some(url) = database_url {
-        engines.push(Some(crate::drill::ScratchDatabase::create(url).await?));
+    let mut engines = vec![None];
+    if database_url.is_some() {
+        engines.push(database_url);
     }
-    for scratch in engines {
-        let engine = if scratch.is_some() {
+    for server in engines {
+        let engine = if server.is_some() {
             "postgres"
         } else {
             "sqlite"
         };
         for &conns in concurrency {
+            // Each run starts from a fresh data dir and so a fresh service key: on PostgreSQL
+            // it gets a database of its own too (a database remembers its service key).
+            let scratch = match server {
+                Some(url) => Some(crate::drill::ScratchDatabase::create(url).await?),
+                None => None,
+            };
             let url = scratch.as_ref().map(|s| s.url.as_str());
             let (_dir, app, asks) = bench_app(path, url).await?;
             let run = format!("{engine}-{conns}-{}", crate::util::random_token(4));
@@ -385,9 +391,9 @@ async fn bench_agent(
                 ms(percentile(&mut all, 99.0)),
                 all.len() as f64 / wall.as_secs_f64()
             );
-        }
-        if let Some(s) = scratch {
-            s.drop_it().await;
+            if let Some(s) = scratch {
+                s.drop_it().await;
+            }
         }
     }
     Ok(())

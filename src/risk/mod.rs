@@ -87,7 +87,8 @@ pub async fn settlement_allowed(state: &AppState, agent_id: &str) -> Result<(), 
 }
 
 /// A settlement of the agent's deal with the customer for `total` finished (`settled` or
-/// failed): the deal stops counting as exposure, and the outcome feeds the breakers' windows
+/// failed): a settled deal stops counting as exposure (a failed one keeps counting until its
+/// `valid_until`, as it may be settled again), and the outcome feeds the breakers' windows
 /// (failure rate, failures in time, value settled per hour), which may trip them.
 pub fn settlement_finished(
     state: &AppState,

@@ -36,7 +36,8 @@ pub struct Rebuilt {
 }
 
 /// Fills an empty book from the store: live negotiations (at the brand's latest offer, or list
-/// value), deals not yet settled or failed and still valid, the recent settlements' outcomes,
+/// value), deals not yet settled and still valid (a failed settlement may be retried), the
+/// recent settlements' outcomes,
 /// and every breaker's stored state.
 pub async fn rebuild(
     store: &Store,
@@ -80,7 +81,7 @@ pub async fn rebuild(
     let rows = sqlx::query(
         "SELECT d.id, d.agent_id, d.customer_id, d.total, d.deal FROM deals d \
          WHERE d.created_at > $1 AND NOT EXISTS (SELECT 1 FROM settlements s \
-           WHERE s.deal_id = d.id AND s.status IN ('settled', 'failed'))",
+           WHERE s.deal_id = d.id AND s.status = 'settled')",
     )
     .bind(now - deal_valid_ms.max(0))
     .fetch_all(store.pool())

@@ -71,17 +71,22 @@ pub fn parse_body(body: &[u8]) -> Result<SettleBody, String> {
                 .into(),
         );
     }
+    if parsed.payment_method_id.chars().count() > 100 {
+        return Err("payment_method_id is longer than 100 characters".into());
+    }
     if let Some(a) = &parsed.address {
-        for (field, value) in [
-            ("address1", &a.address1),
-            ("city", &a.city),
-            ("zip", &a.zip),
-            ("country", &a.country),
+        for (field, value, required) in [
+            ("address1", &a.address1, true),
+            ("address2", &a.address2, false),
+            ("city", &a.city, true),
+            ("state", &a.state, false),
+            ("zip", &a.zip, true),
+            ("country", &a.country, true),
         ] {
-            if value.trim().is_empty() {
+            if required && value.trim().is_empty() {
                 return Err(format!("address.{field} is empty"));
             }
-            if value.len() > 200 {
+            if value.chars().count() > 200 {
                 return Err(format!("address.{field} is longer than 200 characters"));
             }
         }
@@ -438,5 +443,20 @@ mod tests {
             let e = parse_body(body).unwrap_err();
             assert!(e.contains(needle), "{}: {e}", String::from_utf8_lossy(body));
         }
+        // Every field is bounded, counted in characters.
+        let long = "é".repeat(201);
+        let body = format!(
+            r#"{{"payment_method_id": "g", "address": {{"address1": "a", "address2": "{long}", "city": "X", "zip": "1", "country": "US"}}}}"#
+        );
+        let e = parse_body(body.as_bytes()).unwrap_err();
+        assert!(e.contains("address.address2 is longer than 200"), "{e}");
+        let ok = "é".repeat(200);
+        let body = format!(
+            r#"{{"payment_method_id": "g", "address": {{"address1": "{ok}", "city": "X", "zip": "1", "country": "US"}}}}"#
+        );
+        assert!(parse_body(body.as_bytes()).is_ok());
+        let body = format!(r#"{{"payment_method_id": "{}"}}"#, "g".repeat(101));
+        let e = parse_body(body.as_bytes()).unwrap_err();
+        assert!(e.contains("payment_method_id is longer than 100"), "{e}");
     }
 }

@@ -46,12 +46,12 @@ fn is_finished_ok(status: &str) -> bool {
 }
 
 /// The order a settlement attempt creates: its id and number (the same, τ-bench style: `#S`
-/// and ten digits derived from the deal and the attempt, so every run of the step writes the
-/// same order).
+/// and sixteen digits derived from the deal and the attempt, so every run of the step writes
+/// the same order; an order of that id that is not this deal's is never overwritten).
 pub fn order_id_for(deal_id: &str, attempt: i64) -> String {
     let h = crate::util::sha256_hex(format!("{deal_id}:{attempt}").as_bytes());
-    let n = u64::from_str_radix(&h[..15], 16).unwrap_or(0) % 10_000_000_000;
-    format!("#S{n:010}")
+    let n = u64::from_str_radix(&h[..15], 16).unwrap_or(0) % 10_000_000_000_000_000;
+    format!("#S{n:016}")
 }
 
 /// One line of a deal, with what the order needs of it.
@@ -638,6 +638,16 @@ impl Run<'_> {
         let mut tx = store.begin_write().await?;
         let written = async {
             let order = self.build_order(&mut tx, now).await?;
+            // The id is derived from the deal and attempt; an order of that id settling anything
+            // else (or none) is never overwritten.
+            if let Some(existing) = store.get_order_in(&mut tx, &order.id).await?
+                && existing.source != order.source
+            {
+                return Err(crate::store::StoreError::Conflict(format!(
+                    "order {} already exists and is not this deal's",
+                    order.id
+                )));
+            }
             store.put_order_in(&mut tx, &order).await?;
             Ok::<Order, crate::store::StoreError>(order)
         }
@@ -906,10 +916,16 @@ impl Run<'_> {
                 .get_order_in(&mut tx, &order_id)
                 .await
                 .map_err(retry)?;
-            let gone = store
-                .delete_order_in(&mut tx, &order_id)
-                .await
-                .map_err(retry)?;
+            // Only this deal's own order is removed, never another of the same id.
+            let ours = format!("deal:{}", self.s.deal_id);
+            let gone = if before.as_ref().is_some_and(|o| o.source == ours) {
+                store
+                    .delete_order_in(&mut tx, &order_id)
+                    .await
+                    .map_err(retry)?
+            } else {
+                None
+            };
             let mut fin = Finish::new(
                 CANCEL_ORDER,
                 "done",

@@ -816,9 +816,18 @@ impl Risk {
         let c = &self.config;
         let mut g = self.lock();
         g.ledger.prune(now);
-        let released = deal_id.is_some_and(|id| g.ledger.remove_deal(id));
-        if !released {
-            g.ledger.release_settled(agent, customer, total);
+        // A settled deal stops counting. A failed settlement leaves its deal agreed and
+        // unsettled — it may be settled again with another payment method — so it keeps
+        // counting until its `valid_until`.
+        if settled {
+            match deal_id {
+                Some(id) => {
+                    g.ledger.remove_deal(id);
+                }
+                None => {
+                    g.ledger.release_settled(agent, customer, total);
+                }
+            }
         }
         gauge_exposure(&g.ledger, agent);
         for scope in [Scope::Brand, Scope::Agent(agent.to_string())] {
