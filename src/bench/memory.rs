@@ -50,6 +50,9 @@ pub async fn run(orders: usize, sockets: usize) -> anyhow::Result<()> {
         .env("CONCIERGE_API_KEY", BENCH_KEY)
         .env("CONCIERGE_LOG__LEVEL", "warn")
         .env("CONCIERGE_CHAT__SOCKETS_PER_IP", "0")
+        // Each socket's hello counts as a chat message from the bench's one address.
+        .env("CONCIERGE_CHAT__MESSAGES_PER_MINUTE_PER_IP", "0")
+        .env("CONCIERGE_CHAT__MESSAGES_PER_MINUTE", "0")
         .env("CONCIERGE_LIMITS__PUBLIC_PER_IP_PER_MINUTE", "0")
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())

@@ -551,6 +551,10 @@ where
             if v["type"] == kind && author.is_none_or(|a| v["author"] == a) {
                 return Ok(v);
             }
+            anyhow::ensure!(
+                v["type"] != "error",
+                "waiting for a {kind} frame, the server answered {v}"
+            );
         }
     }
 }
