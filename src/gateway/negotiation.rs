@@ -749,7 +749,8 @@ impl Session {
                     json!({"type": "offer", "negotiation_id": id, "round": round + 1,
                            "terms": t.to_json(), "expires_at": n.setup.deadline_at}),
                 );
-                // The brand's offer is the negotiation's exposure from now on.
+                // The brand's offer is the negotiation's exposure from now on (once stored).
+                let counted = self.state.risk.negotiation_entry(&n.id);
                 if let Err(r) = self.state.risk.admit_value(
                     &n.id,
                     &n.agent_id,
@@ -772,14 +773,21 @@ impl Session {
                     frame: reply.clone(),
                     at: now,
                 };
-                self.commit(
-                    &n,
-                    vec![agent_move, brand_move],
-                    Status::Offering,
-                    None,
-                    now,
-                )
-                .await?;
+                let stored = self
+                    .commit(
+                        &n,
+                        vec![agent_move, brand_move],
+                        Status::Offering,
+                        None,
+                        now,
+                    )
+                    .await;
+                if let (Err(_), Some(entry)) = (&stored, counted) {
+                    // The offer was not stored (another socket moved first, or the store
+                    // failed): the negotiation counts as it did before it.
+                    self.state.risk.restore_negotiation(&n.id, entry);
+                }
+                stored?;
                 Ok(vec![reply])
             }
             Decision::End(reason) => self.finish(&n, vec![agent_move], reason, now).await,

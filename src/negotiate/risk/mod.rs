@@ -373,9 +373,13 @@ impl Risk {
 
     // ---- rebuilding at start ----
 
-    /// A live negotiation found in the store.
+    /// A live negotiation found in the store; also puts one back as it was counted before a
+    /// move that was not stored.
     pub fn restore_negotiation(&self, id: &str, e: Entry) {
-        self.lock().ledger.set_negotiation(id, e);
+        let mut g = self.lock();
+        let agent = e.agent.clone();
+        g.ledger.set_negotiation(id, e);
+        gauge_exposure(&g.ledger, &agent);
     }
 
     /// An agreed deal with no finished settlement.
@@ -591,6 +595,11 @@ impl Risk {
         now: i64,
     ) -> Result<(), Refusal> {
         self.admit(id, agent, customer, value, until, now, true)
+    }
+
+    /// A negotiation as the book counts it now (to put back if a move raising it is not stored).
+    pub fn negotiation_entry(&self, id: &str) -> Option<exposure::Entry> {
+        self.lock().ledger.negotiation(id).cloned()
     }
 
     /// A negotiation's value changes (the brand's next offer, a deal): checked against every
@@ -991,6 +1000,12 @@ mod tests {
             .admit_value("n1", "a", "c1", 1100, i64::MAX, 0)
             .unwrap_err();
         assert_eq!(e.cap, "max_agent_exposure");
+        assert_eq!(r.exposure(0).brand, 2000);
+        // A raise whose move was not stored is put back.
+        let before = r.negotiation_entry("n1").unwrap();
+        r.admit_value("n1", "a", "c1", 150, i64::MAX, 0).unwrap();
+        assert_eq!(r.exposure(0).brand, 2050);
+        r.restore_negotiation("n1", before);
         assert_eq!(r.exposure(0).brand, 2000);
         // Concurrent negotiations.
         r.admit_open("n7", "a", "c4", 1, i64::MAX, 0).unwrap();
