@@ -477,12 +477,17 @@ impl Risk {
         self.change(g, scope, State::Open { until }, reason, None, now);
     }
 
-    /// Open breakers whose cool-down has passed become half-open.
+    /// Open breakers whose cool-down has passed become half-open. A breaker half-open for a
+    /// whole cool-down with all its probes taken and no settlement since (the probes never
+    /// reached a settled deal) lets a new round of probes through, so it cannot stay stuck.
     fn refresh(&self, g: &mut Inner, scope: &Scope, now: i64) {
-        let due = matches!(
-            g.breakers.get(scope).map(|b| &b.state),
-            Some(State::Open { until: Some(u) }) if *u <= now
-        );
+        let cooldown = self.config.breaker.cooldown_ms;
+        let probes = self.config.breaker.half_open_probes;
+        let due = g.breakers.get(scope).is_some_and(|b| match b.state {
+            State::Open { until: Some(u) } => u <= now,
+            State::HalfOpen { admitted } => admitted >= probes && b.since + cooldown <= now,
+            _ => false,
+        });
         if due {
             let reason = g
                 .breakers
@@ -1053,20 +1058,24 @@ mod tests {
         // Half-open after the cool-down: one probe.
         r.admit_open("n1", "a", "c", 10, i64::MAX, 200).unwrap();
         assert!(r.admit_open("n2", "b", "c", 10, i64::MAX, 200).is_err());
-        r.settlement_allowed("a", 200).unwrap();
-        r.settlement_finished("a", "c", 10, true, 201);
-        r.admit_open("n2", "b", "c", 10, i64::MAX, 202).unwrap();
-        let states: Vec<&str> = r.breakers(202).iter().map(|b| b.state).collect();
+        // A probe that never settles: after another cool-down a new probe may go through.
+        assert!(r.admit_open("n2", "b", "c", 10, i64::MAX, 290).is_err());
+        r.admit_open("n1b", "a", "c", 10, i64::MAX, 300).unwrap();
+        assert!(r.admit_open("n2", "b", "c", 10, i64::MAX, 300).is_err());
+        r.settlement_allowed("a", 300).unwrap();
+        r.settlement_finished("a", "c", 10, true, 301);
+        r.admit_open("n2", "b", "c", 10, i64::MAX, 302).unwrap();
+        let states: Vec<&str> = r.breakers(302).iter().map(|b| b.state).collect();
         assert!(states.iter().all(|s| *s == "closed"), "{states:?}");
         // Staff hold one open until reset.
-        r.trip(&Scope::Agent("a".into()), "looks odd", "staff_1", 300);
+        r.trip(&Scope::Agent("a".into()), "looks odd", "staff_1", 350);
         assert!(
             r.admit_open("n3", "a", "c", 10, i64::MAX, 10_000_000)
                 .is_err()
         );
-        r.admit_open("n4", "b", "c", 10, i64::MAX, 301).unwrap();
-        r.reset(&Scope::Agent("a".into()), "staff_1", 302);
-        r.admit_open("n3", "a", "c", 10, i64::MAX, 303).unwrap();
+        r.admit_open("n4", "b", "c", 10, i64::MAX, 351).unwrap();
+        r.reset(&Scope::Agent("a".into()), "staff_1", 352);
+        r.admit_open("n3", "a", "c", 10, i64::MAX, 353).unwrap();
     }
 
     #[test]
