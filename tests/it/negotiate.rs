@@ -97,13 +97,14 @@ async fn shop(db: Db) -> Option<TestApp> {
     Some(app)
 }
 
-struct Agent {
-    id: String,
-    key: SigningKey,
-    key_id: String,
+/// A registered consumer agent with its signing key (shared by the settlement and risk tests).
+pub(crate) struct Agent {
+    pub id: String,
+    pub key: SigningKey,
+    pub key_id: String,
 }
 
-async fn register(app: &TestApp, name: &str) -> Agent {
+pub(crate) async fn register(app: &TestApp, name: &str) -> Agent {
     let key = identity::generate_key();
     let key_id = identity::key_id(&key.verifying_key());
     let now = concierge::util::now_ms();

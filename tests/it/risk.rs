@@ -109,25 +109,8 @@ struct Agent {
 }
 
 async fn agent(app: &TestApp, name: &str, customer: &str) -> Agent {
-    let key = identity::generate_key();
-    let key_id = identity::key_id(&key.verifying_key());
+    let crate::negotiate::Agent { id, key, key_id } = crate::negotiate::register(app, name).await;
     let now = concierge::util::now_ms();
-    app.store()
-        .register_agent_key(
-            name,
-            &key_id,
-            &identity::encode_public_key(&key.verifying_key()),
-            now,
-        )
-        .await
-        .unwrap();
-    let id = app
-        .store()
-        .agent_key(&key_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .agent_id;
     let spec = tokens::TokenSpec {
         agent_id: id.clone(),
         customer_id: customer.into(),

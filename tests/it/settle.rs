@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::fake_stripe::{Confirm, FakeStripe, SECRET_KEY};
 use crate::helpers::{Db, TestApp};
+pub(crate) use crate::negotiate::{Agent, register};
 
 const SHIRT: &str = "v-shirt-m";
 const KETTLE: &str = "v-kettle";
@@ -129,35 +130,6 @@ async fn stock_shop(app: &TestApp) {
     })
     .await
     .unwrap();
-}
-
-pub(crate) struct Agent {
-    pub id: String,
-    pub key: SigningKey,
-    pub key_id: String,
-}
-
-pub(crate) async fn register(app: &TestApp, name: &str) -> Agent {
-    let key = identity::generate_key();
-    let key_id = identity::key_id(&key.verifying_key());
-    let now = concierge::util::now_ms();
-    app.store()
-        .register_agent_key(
-            name,
-            &key_id,
-            &identity::encode_public_key(&key.verifying_key()),
-            now,
-        )
-        .await
-        .unwrap();
-    let id = app
-        .store()
-        .agent_key(&key_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .agent_id;
-    Agent { id, key, key_id }
 }
 
 pub(crate) async fn token(app: &TestApp, agent: &Agent, ops: &[&str]) -> String {
