@@ -399,6 +399,30 @@ async fn bench_agent(
     Ok(())
 }
 
+/// Registers a consumer agent with a new key: (its key, key id, agent id).
+pub(crate) async fn register_agent(
+    store: &crate::store::Store,
+    name: &str,
+) -> anyhow::Result<(ed25519_dalek::SigningKey, String, String)> {
+    use crate::gateway::identity;
+    let key = identity::generate_key();
+    let key_id = identity::key_id(&key.verifying_key());
+    store
+        .register_agent_key(
+            name,
+            &key_id,
+            &identity::encode_public_key(&key.verifying_key()),
+            crate::util::now_ms(),
+        )
+        .await?;
+    let agent_id = store
+        .agent_key(&key_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the agent key did not register"))?
+        .agent_id;
+    Ok((key, key_id, agent_id))
+}
+
 pub(crate) const BENCH_KEY: &str = "bench-key-0123456789abcdef";
 
 /// A bench's configuration: data in `dir/data`, the bench API key, quiet logs, no rate limits,

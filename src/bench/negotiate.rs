@@ -185,21 +185,7 @@ pub async fn run(
         })
         .await?;
     let now = crate::util::now_ms();
-    let key = identity::generate_key();
-    let key_id = identity::key_id(&key.verifying_key());
-    store
-        .register_agent_key(
-            "bench-buyer",
-            &key_id,
-            &identity::encode_public_key(&key.verifying_key()),
-            now,
-        )
-        .await?;
-    let agent_id = store
-        .agent_key(&key_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the agent key did not register"))?
-        .agent_id;
+    let (key, key_id, agent_id) = crate::bench::register_agent(store, "bench-buyer").await?;
     let service = crate::gateway::service_key(&state)?.clone();
     let spec = tokens::TokenSpec {
         agent_id,

@@ -404,21 +404,8 @@ pub async fn run(settlements: usize, agents: usize) -> anyhow::Result<()> {
     let mut buyers = Vec::new();
     for i in 0..agents.max(1) {
         let now = crate::util::now_ms();
-        let key = identity::generate_key();
-        let key_id = identity::key_id(&key.verifying_key());
-        store
-            .register_agent_key(
-                &format!("bench-payer-{i}"),
-                &key_id,
-                &identity::encode_public_key(&key.verifying_key()),
-                now,
-            )
-            .await?;
-        let agent_id = store
-            .agent_key(&key_id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the agent key did not register"))?
-            .agent_id;
+        let (key, key_id, agent_id) =
+            crate::bench::register_agent(store, &format!("bench-payer-{i}")).await?;
         let spec = tokens::TokenSpec {
             agent_id,
             customer_id: CUSTOMER.into(),
