@@ -156,10 +156,7 @@ pub async fn run_claimed(
                     tokio::time::sleep(every).await;
                     match state.store.renew_job_lease(&job.id, worker_id, lease).await {
                         Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(job = %job.id, "lost the lease on a running job");
-                            std::future::pending::<()>().await;
-                        }
+                        Ok(false) => return,
                         Err(e) => {
                             tracing::warn!(job = %job.id, error = %e, "could not renew a job's lease")
                         }
@@ -168,41 +165,63 @@ pub async fn run_claimed(
             };
             tokio::select! {
                 r = handler(state, job) => r,
-                _ = renew => unreachable!("the lease renewal never ends"),
+                () = renew => {
+                    // Another worker took the job over when the lease ran out: this run stops
+                    // here (dropping the handler mid-way, as a crash would) and leaves the
+                    // outcome to that worker.
+                    tracing::warn!(job = %job.id, kind = %job.kind,
+                        "lost the lease on a running job; stopped it, its new worker carries on");
+                    return Err(JobError::retry("the job's lease ran out; another worker took it over"));
+                }
             }
         }
     };
-    if let Err(e) = record(state, job, &result).await {
+    if let Err(e) = record(state, worker_id, job, &result).await {
         tracing::error!(job = %job.id, error = %e, "could not record the job's outcome");
     }
     result
 }
 
-/// Records what became of a job: done, queued again after its backoff, or dead.
+/// Records what became of a job: done, queued again after its backoff, or dead — unless the
+/// worker no longer holds it.
 async fn record(
     state: &AppState,
+    worker_id: &str,
     job: &Job,
     result: &Result<(), JobError>,
 ) -> crate::store::StoreResult<()> {
-    match result {
-        Ok(()) => state.store.complete_job(&job.id).await,
+    let held = match result {
+        Ok(()) => state.store.complete_job(&job.id, worker_id).await?,
         Err(JobError::Retry { error, policy }) => {
             let retry_at = now_ms() + policy.backoff_ms(job.attempts);
-            match state.store.fail_job(&job.id, error, retry_at).await? {
-                JobStatus::Dead => tracing::error!(job = %job.id, kind = %job.kind, error = %error,
-                    "job failed its last attempt; it is a dead letter"),
-                _ => {
-                    tracing::warn!(job = %job.id, kind = %job.kind, error = %error, "job failed; will retry")
+            match state
+                .store
+                .fail_job(&job.id, worker_id, error, retry_at)
+                .await?
+            {
+                Some(JobStatus::Dead) => {
+                    tracing::error!(job = %job.id, kind = %job.kind, error = %error,
+                        "job failed its last attempt; it is a dead letter");
+                    true
                 }
+                Some(_) => {
+                    tracing::warn!(job = %job.id, kind = %job.kind, error = %error, "job failed; will retry");
+                    true
+                }
+                None => false,
             }
-            Ok(())
         }
         Err(JobError::Dead(error)) => {
             tracing::error!(job = %job.id, kind = %job.kind, error = %error,
                 "job failed for good; it is a dead letter");
-            state.store.bury_job(&job.id, error).await
+            state.store.bury_job(&job.id, worker_id, error).await?
         }
+    };
+    if !held {
+        tracing::warn!(job = %job.id, kind = %job.kind,
+            "a job's outcome was not recorded: another worker holds it now");
     }
+    Ok(())
 }
 
 #[cfg(test)]

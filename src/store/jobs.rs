@@ -200,46 +200,67 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn complete_job(&self, id: &str) -> StoreResult<()> {
-        self.write_execute(sqlx::query(
-            "UPDATE jobs SET status = 'done', locked_until = NULL, locked_by = NULL, updated_at = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now_ms())
-        )
-        .await?;
-        Ok(())
+    /// Marks a job `worker` holds done; false when it no longer holds it (its lease ran out and
+    /// another worker took the job: that worker records the outcome).
+    pub async fn complete_job(&self, id: &str, worker: &str) -> StoreResult<bool> {
+        let done = self
+            .write_execute(
+                sqlx::query(
+                    "UPDATE jobs SET status = 'done', locked_until = NULL, locked_by = NULL, \
+                       updated_at = $3 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(now_ms()),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
-    /// Records a failed attempt: the job runs again at `retry_at`, or is dead when it has used
-    /// its attempts.
-    pub async fn fail_job(&self, id: &str, error: &str, retry_at: i64) -> StoreResult<JobStatus> {
-        let row = self.write_fetch_one(sqlx::query(
-            "UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
-               run_at = $3, last_error = $2, locked_until = NULL, locked_by = NULL, updated_at = $4 \
-             WHERE id = $1 RETURNING status",
-        )
-        .bind(id)
-        .bind(error)
-        .bind(retry_at)
-        .bind(now_ms())
-        )
-        .await?;
-        Ok(JobStatus::parse(&get_str(&row, "status")?))
+    /// Records a failed attempt of a job `worker` holds: the job runs again at `retry_at`, or is
+    /// dead when it has used its attempts. None when `worker` no longer holds it.
+    pub async fn fail_job(
+        &self,
+        id: &str,
+        worker: &str,
+        error: &str,
+        retry_at: i64,
+    ) -> StoreResult<Option<JobStatus>> {
+        let row = self
+            .write_fetch_optional(
+                sqlx::query(
+                    "UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+                       run_at = $4, last_error = $3, locked_until = NULL, locked_by = NULL, updated_at = $5 \
+                     WHERE id = $1 AND locked_by = $2 AND status = 'running' RETURNING status",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(error)
+                .bind(retry_at)
+                .bind(now_ms()),
+            )
+            .await?;
+        row.map(|r| Ok(JobStatus::parse(&get_str(&r, "status")?)))
+            .transpose()
     }
 
-    /// Gives a job up at once (an error no retry can fix): dead, with the error kept.
-    pub async fn bury_job(&self, id: &str, error: &str) -> StoreResult<()> {
-        self.write_execute(sqlx::query(
-            "UPDATE jobs SET status = 'dead', last_error = $2, locked_until = NULL, locked_by = NULL, \
-               updated_at = $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(error)
-        .bind(now_ms())
-        )
-        .await?;
-        Ok(())
+    /// Gives up at once a job `worker` holds (an error no retry can fix): dead, with the error
+    /// kept. False when `worker` no longer holds it.
+    pub async fn bury_job(&self, id: &str, worker: &str, error: &str) -> StoreResult<bool> {
+        let done = self
+            .write_execute(
+                sqlx::query(
+                    "UPDATE jobs SET status = 'dead', last_error = $3, locked_until = NULL, \
+                       locked_by = NULL, updated_at = $4 \
+                     WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(error)
+                .bind(now_ms()),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Puts a dead (or queued) job back to run now, with fresh attempts.

@@ -358,8 +358,18 @@ async fn jobs_survive_crashes_and_back_off(db: Db) {
     assert_eq!((b.id.as_str(), b.attempts), (id.as_str(), 2));
 
     // Failing its last attempt makes it dead, with the error kept; retry-now revives it.
-    let status = store.fail_job(&id, "smtp down", 0).await.unwrap();
-    assert_eq!(status, JobStatus::Dead);
+    // Only the worker holding a job records its outcome: worker-a lost it to worker-b.
+    assert_eq!(
+        store.fail_job(&id, "worker-a", "late", 0).await.unwrap(),
+        None
+    );
+    assert!(!store.complete_job(&id, "worker-a").await.unwrap());
+    assert!(!store.bury_job(&id, "worker-a", "late").await.unwrap());
+    let status = store
+        .fail_job(&id, "worker-b", "smtp down", 0)
+        .await
+        .unwrap();
+    assert_eq!(status, Some(JobStatus::Dead));
     let dead = store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(dead.last_error.as_deref(), Some("smtp down"));
     assert!(store.claim_job("worker-c", 1000).await.unwrap().is_none());
@@ -369,7 +379,7 @@ async fn jobs_survive_crashes_and_back_off(db: Db) {
         .await
         .unwrap()
         .expect("revived");
-    store.complete_job(&c.id).await.unwrap();
+    assert!(store.complete_job(&c.id, "worker-c").await.unwrap());
     assert_eq!(store.pending_jobs().await.unwrap(), 0);
 
     // A failure with attempts left is retried later, not now.
@@ -381,8 +391,84 @@ async fn jobs_survive_crashes_and_back_off(db: Db) {
     assert_eq!(j.id, id2);
     let later = concierge::util::now_ms() + 60_000;
     assert_eq!(
-        store.fail_job(&id2, "timeout", later).await.unwrap(),
-        JobStatus::Queued
+        store.fail_job(&id2, "w", "timeout", later).await.unwrap(),
+        Some(JobStatus::Queued)
     );
     assert!(store.claim_job("w", 1000).await.unwrap().is_none());
+}
+
+static LEASE_PROBE_TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A job that works until stopped, counting its ticks.
+fn lease_probe<'a>(
+    _state: &'a concierge::state::AppState,
+    _job: &'a concierge::store::Job,
+) -> concierge::worker::JobFuture<'a> {
+    Box::pin(async {
+        loop {
+            LEASE_PROBE_TICKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_job_that_lost_its_lease_stops_and_leaves_the_outcome_to_its_new_worker() {
+    let app =
+        crate::helpers::TestApp::spawn_with(crate::helpers::Db::Sqlite, |c| c.jobs.lease_secs = 1)
+            .await;
+    let store = app.store();
+    // Queued for later, so the app's own worker leaves it alone; claimed here by id.
+    let mut tx = store.begin_write().await.unwrap();
+    let id = store
+        .enqueue_job_in(
+            &mut tx,
+            "lease_probe",
+            &json!({}),
+            None,
+            5,
+            concierge::util::now_ms() + 3_600_000,
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let job = store
+        .claim_job_by_id(&id, "worker-a", 1000)
+        .await
+        .unwrap()
+        .expect("claimed");
+    // Another worker takes the job over while worker-a runs it (as when worker-a's lease ran
+    // out behind a long pause).
+    let thief = store.clone();
+    let stolen = id.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        thief
+            .write_execute(
+                sqlx::query("UPDATE jobs SET locked_by = 'worker-b' WHERE id = $1")
+                    .bind(stolen.as_str()),
+            )
+            .await
+            .unwrap();
+    });
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        concierge::worker::run_claimed(&app.state, "worker-a", Some(lease_probe), &job),
+    )
+    .await
+    .expect("worker-a stops the job once it sees the lease gone");
+    assert!(result.is_err(), "{result:?}");
+    // Stopped for good: no more ticks.
+    let ticks = LEASE_PROBE_TICKS.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(ticks > 0);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        LEASE_PROBE_TICKS.load(std::sync::atomic::Ordering::SeqCst),
+        ticks
+    );
+    // Its outcome was not recorded over worker-b's claim.
+    let row = store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Running);
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.last_error, None);
 }
