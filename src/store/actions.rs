@@ -38,8 +38,8 @@ use sqlx::any::AnyRow;
 use super::changes::Change;
 use super::commerce::{put_exchange, put_refund, put_return};
 use super::{
-    Store, StoreError, StoreResult, get_i64, get_json, get_opt_i64, get_opt_json, get_opt_str,
-    get_str, to_json,
+    Backend, Store, StoreError, StoreResult, WriteTx, get_i64, get_json, get_opt_i64, get_opt_json,
+    get_opt_str, get_str, to_json,
 };
 use crate::commerce::{
     Address, Customer, ExchangeRequest, Millis, Minor, Order, OrderItem, PaymentEntry,
@@ -363,6 +363,20 @@ impl Store {
         };
         tx.commit().await?;
         Ok(result)
+    }
+
+    /// Starts a write transaction that will append to the audit log after locking other rows
+    /// (stock, a settlement, an order): on PostgreSQL it takes the audit head's row lock
+    /// first, the lock every audited write takes, so all of them lock in one order (head, then
+    /// rows) and no two can deadlock. On SQLite the write transaction is the lock.
+    pub async fn begin_audited_write(&self) -> StoreResult<WriteTx> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Appends an entry that changes no data: an escalation, or a write refused before anything
