@@ -185,6 +185,11 @@ pub struct PaymentsConfig {
     /// How long a settlement's stock reservation holds before it no longer counts against
     /// availability (a settlement normally consumes or releases it within seconds).
     pub reservation_secs: u64,
+    /// Attempts of a settlement's job (its backoff doubles from a second to an hour, so the
+    /// default rides out a processor that is down for a day). A settlement still not finished
+    /// or undone after them — a refund the processor keeps refusing — is handed to staff as an
+    /// escalation.
+    pub settle_attempts: i64,
     /// Card payments through Stripe's PaymentIntents API; off until a secret key is set.
     pub stripe: StripeConfig,
 }
@@ -193,6 +198,7 @@ impl Default for PaymentsConfig {
     fn default() -> Self {
         PaymentsConfig {
             reservation_secs: 900,
+            settle_attempts: 25,
             stripe: StripeConfig::default(),
         }
     }

@@ -112,16 +112,18 @@ async fn settle_deal(
             _ => false,
         };
     // The same request again after its first answer was lost with the process that gave it
-    // (a crash mid-settlement, recovered by the settle job): the settlement itself records
-    // the key and the outcome, so the retry gets that outcome without waiting for the
-    // idempotency claim to be abandoned.
-    if let Ok(Some(s)) = settle::store::get(&state.store, &deal_id).await
-        && s.agent_id == agent.id
-        && s.idempotency_key.as_deref() == Some(key.as_str())
-        && s.is_finished()
-        && s.payment_method_id.as_deref() == Some(parsed.payment_method_id.trim())
+    // (a crash mid-settlement, recovered by the settle job), or after a 5xx the idempotency
+    // layer did not keep: every attempt records its key and outcome, so the retry gets that
+    // attempt's outcome — an earlier attempt's too, after a newer one started.
+    if let Some((status, body)) = settle::replay(
+        &state,
+        &deal_id,
+        &agent.id,
+        &key,
+        parsed.payment_method_id.trim(),
+    )
+    .await
     {
-        let (status, body) = settle::current(&state, &deal_id).await;
         let mut resp = (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             axum::Json(body),

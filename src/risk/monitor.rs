@@ -112,9 +112,9 @@ pub async fn figures(store: &Store, now: i64) -> StoreResult<Vec<AgentFigures>> 
         "SELECT agent_id, COUNT(*) AS n, \
            SUM(CASE WHEN status = 'settled' THEN 1 ELSE 0 END) AS settled, \
            SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed, \
-           SUM(CASE WHEN status = 'compensating' OR (status = 'failed' AND order_id IS NOT NULL) \
-               THEN 1 ELSE 0 END) AS compensations \
-         FROM settlements GROUP BY agent_id",
+           SUM(CASE WHEN status = 'compensating' OR compensated = 1 THEN 1 ELSE 0 END) \
+             AS compensations \
+         FROM settlement_attempts GROUP BY agent_id",
     )
     .fetch_all(store.pool())
     .await?;

@@ -104,7 +104,7 @@ pub async fn rebuild(
         out.deals += 1;
     }
     let rows = sqlx::query(
-        "SELECT agent_id, status, total, finished_at FROM settlements \
+        "SELECT agent_id, status, total, finished_at FROM settlement_attempts \
          WHERE status IN ('settled', 'failed') AND finished_at IS NOT NULL \
          ORDER BY finished_at DESC LIMIT $1",
     )

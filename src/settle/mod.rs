@@ -18,10 +18,6 @@ use crate::worker::{self, JobError, JobFuture};
 
 pub use saga::JOB_SETTLE;
 
-/// Attempts of the settle job: enough for a payment processor that is down for a while
-/// (the job's backoff doubles from a second to an hour).
-pub const JOB_ATTEMPTS: i64 = 25;
-
 // ---- the request ----
 
 /// The shipping address in a settle request.
@@ -151,16 +147,19 @@ pub async fn settle(state: &AppState, req: SettleRequest<'_>) -> (u16, Value) {
             ),
         );
     }
-    // What an earlier attempt says.
+    // The same request again (its first answer was lost or not stored): the outcome of the
+    // attempt it started, whichever attempt that was.
+    match store::attempt_by_key(store, req.deal_id, req.idempotency_key).await {
+        Ok(Some(a)) => return attempt_answer(state, &a).await,
+        Ok(None) => {}
+        Err(e) => return internal(&e),
+    }
+    // What the latest attempt says.
     let existing = match store::get(store, req.deal_id).await {
         Ok(s) => s,
         Err(e) => return internal(&e),
     };
     if let Some(s) = &existing {
-        if s.idempotency_key.as_deref() == Some(req.idempotency_key) {
-            // The same request again (its first answer was lost or not stored).
-            return current(state, req.deal_id).await;
-        }
         match s.status.as_str() {
             "settled" => {
                 return (
@@ -261,7 +260,7 @@ pub async fn settle(state: &AppState, req: SettleRequest<'_>) -> (u16, Value) {
     let now = now_ms();
     let lease = i64::try_from(state.config.jobs.lease_secs.max(1)).unwrap_or(60) * 1000;
     let started = async {
-        let mut tx = store.begin_write().await?;
+        let mut tx = store.begin_audited_write().await?;
         let attempt = store::start_in(
             &mut tx,
             &store::NewAttempt {
@@ -301,7 +300,7 @@ pub async fn settle(state: &AppState, req: SettleRequest<'_>) -> (u16, Value) {
                 JOB_SETTLE,
                 &json!({"deal_id": req.deal_id, "attempt": attempt}),
                 Some(&format!("settle:{}:{attempt}", req.deal_id)),
-                JOB_ATTEMPTS,
+                state.config.payments.settle_attempts.max(1),
                 now + lease,
             )
             .await?;
@@ -338,6 +337,64 @@ pub async fn settle(state: &AppState, req: SettleRequest<'_>) -> (u16, Value) {
     current(state, req.deal_id).await
 }
 
+/// The outcome of one attempt (found by its Idempotency-Key) as the answer to a settle
+/// request: 409 `settlement_in_progress` while it is still running forward.
+pub async fn attempt_answer(state: &AppState, a: &store::Attempt) -> (u16, Value) {
+    let log = match store::steps(&state.store, &a.deal_id, a.attempt).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "settle: could not read an attempt's steps");
+            return (
+                500,
+                error(
+                    "internal",
+                    "the outcome could not be read; see GET /agent/v1/deals/{id}",
+                ),
+            );
+        }
+    };
+    let outcome = saga::Outcome {
+        deal_id: &a.deal_id,
+        status: &a.status,
+        order_id: a.order_id.as_deref(),
+        reason: a.reason.as_deref(),
+        http_status: a.http_status,
+    };
+    saga::answer_of(outcome, &log).unwrap_or_else(|| in_progress(&a.deal_id, &log))
+}
+
+fn in_progress(deal_id: &str, log: &[store::StepRecord]) -> (u16, Value) {
+    (
+        409,
+        json!({"deal_id": deal_id, "status": "failed", "reason": "settlement_in_progress",
+               "steps": log.iter().map(|r| json!({"step": r.step, "status": r.status})).collect::<Vec<_>>(),
+               "error": {"code": "settlement_in_progress",
+                         "message": "the settlement is still running; it will be finished or undone — see GET /agent/v1/deals/{id}"}}),
+    )
+}
+
+/// A finished attempt's answer again, for a settle request whose Idempotency-Key started it
+/// (from this agent, naming the same payment method); None otherwise.
+pub async fn replay(
+    state: &AppState,
+    deal_id: &str,
+    agent_id: &str,
+    idempotency_key: &str,
+    payment_method_id: &str,
+) -> Option<(u16, Value)> {
+    let a = store::attempt_by_key(&state.store, deal_id, idempotency_key)
+        .await
+        .ok()
+        .flatten()?;
+    if a.agent_id != agent_id
+        || !a.is_finished()
+        || a.payment_method_id.as_deref() != Some(payment_method_id)
+    {
+        return None;
+    }
+    Some(attempt_answer(state, &a).await)
+}
+
 /// The settlement's outcome as the answer to a settle request.
 pub async fn current(state: &AppState, deal_id: &str) -> (u16, Value) {
     let store = &state.store;
@@ -350,16 +407,7 @@ pub async fn current(state: &AppState, deal_id: &str) -> (u16, Value) {
     }
     .await;
     match found {
-        Ok(Some((s, log))) => match saga::answer(&s, &log) {
-            Some(a) => a,
-            None => (
-                409,
-                json!({"deal_id": deal_id, "status": "failed", "reason": "settlement_in_progress",
-                       "steps": log.iter().map(|r| json!({"step": r.step, "status": r.status})).collect::<Vec<_>>(),
-                       "error": {"code": "settlement_in_progress",
-                                 "message": "the settlement is still running; it will be finished or undone — see GET /agent/v1/deals/{id}"}}),
-            ),
-        },
+        Ok(Some((s, log))) => saga::answer(&s, &log).unwrap_or_else(|| in_progress(deal_id, &log)),
         Ok(None) => (404, error("not_found", "no settlement of this deal")),
         Err(e) => {
             tracing::error!(error = %e, "settle: could not read the outcome");
@@ -386,21 +434,115 @@ fn payload(job: &Job) -> Result<(String, i64), JobError> {
     }
 }
 
+/// Runs a settlement job: the request's own run ([`saga::Mode::Live`]) or a worker's
+/// ([`saga::Mode::Recover`]). When the job fails its last attempt with the settlement neither
+/// finished nor undone (a refund the processor keeps refusing), staff get an escalation.
+async fn run_job(state: &AppState, job: &Job, mode: saga::Mode) -> Result<(), JobError> {
+    let (deal, attempt) = payload(job)?;
+    let result = saga::drive(state, &deal, attempt, mode).await;
+    if let Err(e) = &result
+        && (matches!(e, JobError::Dead(_)) || job.attempts >= job.max_attempts)
+        && let Err(esc) = escalate_stuck(state, &deal, attempt, e.message()).await
+    {
+        tracing::error!(deal = %deal, error = %esc, "settle: could not escalate a stuck settlement");
+    }
+    result
+}
+
 /// The request's own run of its settlement job.
 fn live_job<'a>(state: &'a AppState, job: &'a Job) -> JobFuture<'a> {
-    Box::pin(async move {
-        let (deal, attempt) = payload(job)?;
-        saga::drive(state, &deal, attempt, saga::Mode::Live).await
-    })
+    Box::pin(run_job(state, job, saga::Mode::Live))
 }
 
 /// The worker's run of a settlement job: a settlement whose request never finished it (the
 /// process died, or its compensation is being retried).
 pub fn job<'a>(state: &'a AppState, job: &'a Job) -> JobFuture<'a> {
-    Box::pin(async move {
-        let (deal, attempt) = payload(job)?;
-        saga::drive(state, &deal, attempt, saga::Mode::Recover).await
-    })
+    Box::pin(run_job(state, job, saga::Mode::Recover))
+}
+
+/// Hands a settlement its job gave up on to staff: an escalation in the inbox (on the
+/// consumer agent's conversation about this deal) saying what is left undone, and an audit
+/// entry. Once per attempt.
+pub async fn escalate_stuck(
+    state: &AppState,
+    deal_id: &str,
+    attempt: i64,
+    error: &str,
+) -> Result<(), crate::store::StoreError> {
+    let store = &state.store;
+    let Some(s) = store::get(store, deal_id).await? else {
+        return Ok(());
+    };
+    if s.attempt != attempt || s.is_finished() {
+        return Ok(());
+    }
+    let log = store::steps(store, deal_id, attempt).await?;
+    let steps: Vec<String> = log
+        .iter()
+        .map(|r| format!("{} {}", r.step.replace('_', " "), r.status))
+        .collect();
+    let money = format!(
+        "{}.{:02} {}",
+        s.total / 100,
+        (s.total % 100).abs(),
+        s.currency
+    );
+    let text = format!(
+        "The settlement of deal {deal_id} ({money}, payment method {}, {}) could not be {} \
+         automatically: {error}. Steps so far: {}. Check the payment at the processor{} and \
+         finish or undo it by hand; the customer's order and stock are as the steps say.",
+        s.payment_method_id.as_deref().unwrap_or("unknown"),
+        s.provider.as_deref().unwrap_or("no provider"),
+        if s.status == "compensating" {
+            "undone"
+        } else {
+            "finished"
+        },
+        steps.join(", "),
+        s.payment_ref
+            .as_deref()
+            .map(|r| format!(" (reference {r})"))
+            .unwrap_or_default(),
+    );
+    let customer = store.get_customer(&s.customer_id).await?;
+    let inbound = crate::store::InboundMessage {
+        channel: "agent".into(),
+        thread_key: format!("settlement:{deal_id}"),
+        external_id: Some(format!("settlement-stuck:{deal_id}:{attempt}")),
+        sender_id: s.agent_id.clone(),
+        sender_name: None,
+        sender_email: customer
+            .as_ref()
+            .and_then(|c| c.primary_email().map(str::to_string)),
+        sender_verified: true,
+        author_kind: crate::store::AuthorKind::ConsumerAgent,
+        subject: Some(format!("Settlement needs a person: deal {deal_id}")),
+        text: text.clone(),
+        html: None,
+        attachments: json!([]),
+        meta: json!({"deal_id": deal_id, "attempt": attempt, "settlement_status": s.status}),
+    };
+    let outcome = store.ingest(&inbound).await?;
+    if outcome.duplicate {
+        return Ok(());
+    }
+    store
+        .escalate(
+            &outcome.conversation_id,
+            "settlement_stuck",
+            &text,
+            "We are sorting out the payment for this order by hand and will confirm shortly.",
+        )
+        .await?;
+    let request = crate::store::Store::action_request(
+        "settlement_escalated",
+        json!({"deal_id": deal_id, "attempt": attempt, "status": s.status, "error": error}),
+        now_ms(),
+    )
+    .by("consumer_agent", Some(&s.agent_id))
+    .for_customer(Some(&s.customer_id));
+    store.record_action(&request, None, "applied").await?;
+    Ok(())
 }
 
 /// The settlement of a deal for `GET /agent/v1/deals/{id}`.

@@ -203,6 +203,14 @@ fn retry(e: impl std::fmt::Display) -> JobError {
     JobError::retry(e.to_string())
 }
 
+/// The error of a run whose settlement changed under it (another run took the attempt over).
+fn taken_over(s: &Settlement) -> crate::store::StoreError {
+    crate::store::StoreError::Conflict(format!(
+        "attempt {} of the settlement of deal {} is no longer {} here: another run took it over",
+        s.attempt, s.deal_id, s.status
+    ))
+}
+
 /// One run of the saga over one attempt.
 struct Run<'a> {
     state: &'a AppState,
@@ -361,40 +369,48 @@ impl Run<'_> {
         } else {
             None
         };
-        if f.settlement.is_some() || order_for_settlement.is_some() || f.payment_ref.is_some() {
-            let (status, reason, http) =
-                f.settlement.unwrap_or((self.s.status.as_str(), None, None));
-            let status = status.to_string();
-            sstore::set_status_in(
-                &mut tx,
-                &self.s.deal_id,
-                &status,
+        let (status, reason, http) = f.settlement.unwrap_or((self.s.status.as_str(), None, None));
+        let status = status.to_string();
+        // Written only while the settlement is as this run knows it: a run that lost its job
+        // to a worker (its lease ran out) changes nothing from here on.
+        let ours = sstore::set_status_in(
+            &mut tx,
+            &self.s.deal_id,
+            sstore::Expect {
+                attempt: self.s.attempt,
+                status: &self.s.status,
+            },
+            sstore::NewStatus {
+                status: &status,
                 reason,
-                order_for_settlement,
-                f.payment_ref,
-                http,
-                now,
-            )
-            .await?;
-            self.store().commit_touching(tx, &f.touched).await?;
-            self.s.status = status;
-            if let Some(r) = reason {
-                self.s.reason = Some(r.to_string());
-            }
-            if let Some(h) = http {
-                self.s.http_status = Some(i64::from(h));
-            }
-            if let Some(o) = order_for_settlement {
-                self.s.order_id = Some(o.to_string());
-            }
-            if let Some(p) = f.payment_ref {
-                self.s.payment_ref = Some(p.to_string());
-            }
-            if self.s.is_finished() {
-                self.s.finished_at = Some(now);
-            }
-        } else {
-            self.store().commit_touching(tx, &f.touched).await?;
+                order_id: order_for_settlement,
+                payment_ref: f.payment_ref,
+                http_status: http,
+                compensated: false,
+            },
+            now,
+        )
+        .await?;
+        if !ours {
+            let _ = tx.rollback().await;
+            return Err(taken_over(&self.s));
+        }
+        self.store().commit_touching(tx, &f.touched).await?;
+        self.s.status = status;
+        if let Some(r) = reason {
+            self.s.reason = Some(r.to_string());
+        }
+        if let Some(h) = http {
+            self.s.http_status = Some(i64::from(h));
+        }
+        if let Some(o) = order_for_settlement {
+            self.s.order_id = Some(o.to_string());
+        }
+        if let Some(p) = f.payment_ref {
+            self.s.payment_ref = Some(p.to_string());
+        }
+        if self.s.is_finished() {
+            self.s.finished_at = Some(now);
         }
         let record = StepRecord {
             step: f.step.0.to_string(),
@@ -419,7 +435,7 @@ impl Run<'_> {
 
     /// Records that `step` failed for the deal, and turns the settlement to compensating.
     async fn fail(&mut self, step: (&'static str, i64), f: Failure) -> StoreResult<()> {
-        let tx = self.store().begin_write().await?;
+        let tx = self.store().begin_audited_write().await?;
         let mut detail = json!({"reason": f.reason, "message": f.message});
         if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), f.detail) {
             d.extend(extra);
@@ -434,7 +450,7 @@ impl Run<'_> {
     /// A worker took over a settlement its request never finished: it is undone.
     async fn interrupt(&mut self) -> StoreResult<()> {
         let now = now_ms();
-        let mut tx = self.store().begin_write().await?;
+        let mut tx = self.store().begin_audited_write().await?;
         let request = Store::action_request(
             "settlement_interrupted",
             json!({"deal_id": self.s.deal_id, "attempt": self.s.attempt,
@@ -446,17 +462,26 @@ impl Run<'_> {
         self.store()
             .record_change_in(&mut tx, &request, None, None, None, json!([]), "applied")
             .await?;
-        sstore::set_status_in(
+        let ours = sstore::set_status_in(
             &mut tx,
             &self.s.deal_id,
-            "compensating",
-            Some("interrupted"),
-            None,
-            None,
-            Some(500),
+            sstore::Expect {
+                attempt: self.s.attempt,
+                status: "running",
+            },
+            sstore::NewStatus {
+                status: "compensating",
+                reason: Some("interrupted"),
+                http_status: Some(500),
+                ..Default::default()
+            },
             now,
         )
         .await?;
+        if !ours {
+            let _ = tx.rollback().await;
+            return Err(taken_over(&self.s));
+        }
         tx.commit().await?;
         self.s.status = "compensating".into();
         self.s.reason = Some("interrupted".into());
@@ -496,7 +521,7 @@ impl Run<'_> {
     async fn reserve(&mut self) -> StoreResult<Option<Failure>> {
         let now = now_ms();
         let store = self.store().clone();
-        let mut tx = store.begin_write().await?;
+        let mut tx = store.begin_audited_write().await?;
         let lock = match store.backend() {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
@@ -635,7 +660,7 @@ impl Run<'_> {
     async fn create_order(&mut self) -> StoreResult<Option<Failure>> {
         let now = now_ms();
         let store = self.store().clone();
-        let mut tx = store.begin_write().await?;
+        let mut tx = store.begin_audited_write().await?;
         let written = async {
             let order = self.build_order(&mut tx, now).await?;
             // The id is derived from the deal and attempt; an order of that id settling anything
@@ -729,7 +754,7 @@ impl Run<'_> {
             Ok(p) => p,
             Err(f) => return Ok(Some(f)),
         };
-        let mut step = StepTx::new(self.store());
+        let mut step = StepTx::new(self.store(), &self.s.deal_id, self.s.attempt);
         match provider.charge(&payment, &mut step).await {
             Ok(charged) => {
                 let tx = step.into_tx().await?;
@@ -760,7 +785,7 @@ impl Run<'_> {
         let now = now_ms();
         let store = self.store().clone();
         let order_id = self.order_id();
-        let mut tx = store.begin_write().await?;
+        let mut tx = store.begin_audited_write().await?;
         let holds = sstore::holds_in(&mut tx, &self.s.deal_id, self.s.attempt).await?;
         if holds.len() != self.info.lines.len() || holds.iter().any(|h| h.3 <= now) {
             tx.rollback().await?;
@@ -863,11 +888,22 @@ impl Run<'_> {
                 Ok(p) => p,
                 Err(f) => return Err(JobError::retry(f.message)),
             };
+            if self.s.payment_ref.is_none() {
+                // The provider's handle may have been recorded by a run this one took over,
+                // after this run read the settlement.
+                if let Some(fresh) = sstore::get(self.store(), &self.s.deal_id)
+                    .await
+                    .map_err(retry)?
+                    .filter(|f| f.attempt == self.s.attempt)
+                {
+                    self.s.payment_ref = fresh.payment_ref;
+                }
+            }
             let reference = self
                 .record(PAYMENT)
                 .and_then(|r| r.detail["reference"].as_str().map(str::to_string))
                 .or_else(|| self.s.payment_ref.clone());
-            let mut step = StepTx::new(self.store());
+            let mut step = StepTx::new(self.store(), &self.s.deal_id, self.s.attempt);
             match provider
                 .reverse(&payment, reference.as_deref(), &mut step)
                 .await
@@ -892,7 +928,7 @@ impl Run<'_> {
                     }
                     tracing::warn!(deal = %self.s.deal_id, error = %message,
                         "settlement: the payment could not be undone yet; retrying");
-                    if let Ok(tx) = self.store().begin_write().await {
+                    if let Ok(tx) = self.store().begin_audited_write().await {
                         let fin = Finish::new(
                             UNDO_PAYMENT,
                             "failed",
@@ -911,7 +947,7 @@ impl Run<'_> {
             self.started(CANCEL_ORDER).await.map_err(retry)?;
             let store = self.store().clone();
             let order_id = self.order_id();
-            let mut tx = store.begin_write().await.map_err(retry)?;
+            let mut tx = store.begin_audited_write().await.map_err(retry)?;
             let before = store
                 .get_order_in(&mut tx, &order_id)
                 .await
@@ -940,7 +976,7 @@ impl Run<'_> {
         if self.record(RESERVE).is_some_and(|r| r.status != "failed") && !self.is(RELEASE, "done") {
             self.started(RELEASE).await.map_err(retry)?;
             let store = self.store().clone();
-            let mut tx = store.begin_write().await.map_err(retry)?;
+            let mut tx = store.begin_audited_write().await.map_err(retry)?;
             let products = sstore::end_holds_in(
                 &mut tx,
                 &self.s.deal_id,
@@ -956,7 +992,7 @@ impl Run<'_> {
         }
         // Everything undone: the settlement failed.
         let now = now_ms();
-        let mut tx = self.store().begin_write().await.map_err(retry)?;
+        let mut tx = self.store().begin_audited_write().await.map_err(retry)?;
         let reason = self.s.reason.clone().unwrap_or_else(|| "failed".into());
         let request = Store::action_request(
             "settlement_failed",
@@ -969,18 +1005,31 @@ impl Run<'_> {
             .record_change_in(&mut tx, &request, None, None, None, json!([]), "applied")
             .await
             .map_err(retry)?;
-        sstore::set_status_in(
+        let compensated = self
+            .record(UNDO_PAYMENT)
+            .is_some_and(|r| r.status == "refunded" || r.status == "voided")
+            || self.is(CANCEL_ORDER, "done")
+            || self.is(RELEASE, "done");
+        let ours = sstore::set_status_in(
             &mut tx,
             &self.s.deal_id,
-            "failed",
-            None,
-            None,
-            None,
-            None,
+            sstore::Expect {
+                attempt: self.s.attempt,
+                status: "compensating",
+            },
+            sstore::NewStatus {
+                status: "failed",
+                compensated,
+                ..Default::default()
+            },
             now,
         )
         .await
         .map_err(retry)?;
+        if !ours {
+            let _ = tx.rollback().await;
+            return Err(retry(taken_over(&self.s)));
+        }
         tx.commit().await.map_err(retry)?;
         self.s.status = "failed".into();
         self.s.finished_at = Some(now);
@@ -1003,7 +1052,7 @@ impl Run<'_> {
             frame["reason"] = json!(self.s.reason);
         }
         let reached = self.state.agent_sockets.send(&self.s.agent_id, &frame);
-        let tx = self.store().begin_write().await?;
+        let tx = self.store().begin_audited_write().await?;
         let fin = Finish::new(NOTIFY, "done", json!({"sockets": reached, "frame": frame}));
         self.finish(tx, fin).await
     }
@@ -1013,11 +1062,34 @@ impl Run<'_> {
 /// `{deal_id, status, order_id?, reason?, steps: [{step, status}]}` and its HTTP status. None
 /// while the outcome is not decided yet (a forward step still to run).
 pub fn answer(s: &Settlement, log: &[StepRecord]) -> Option<(u16, Value)> {
+    answer_of(
+        Outcome {
+            deal_id: &s.deal_id,
+            status: &s.status,
+            order_id: s.order_id.as_deref(),
+            reason: s.reason.as_deref(),
+            http_status: s.http_status,
+        },
+        log,
+    )
+}
+
+/// What an attempt came to, as far as its answer goes.
+pub struct Outcome<'a> {
+    pub deal_id: &'a str,
+    pub status: &'a str,
+    pub order_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub http_status: Option<i64>,
+}
+
+/// [`answer`] for any attempt (an earlier one, found by its Idempotency-Key).
+pub fn answer_of(s: Outcome<'_>, log: &[StepRecord]) -> Option<(u16, Value)> {
     let steps: Vec<Value> = log
         .iter()
         .map(|r| json!({"step": r.step, "status": r.status}))
         .collect();
-    match s.status.as_str() {
+    match s.status {
         "settled" => Some((
             201,
             json!({"deal_id": s.deal_id, "status": "settled", "order_id": s.order_id, "steps": steps}),

@@ -178,6 +178,7 @@ pub async fn start_in(tx: &mut WriteTx, a: &NewAttempt<'_>) -> StoreResult<Optio
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 1 {
+        insert_attempt_in(tx, a, 1).await?;
         return Ok(Some(1));
     }
     let row = sqlx::query(
@@ -195,7 +196,28 @@ pub async fn start_in(tx: &mut WriteTx, a: &NewAttempt<'_>) -> StoreResult<Optio
     .bind(address.as_str())
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(|r| r.try_get::<i64, _>("attempt")).transpose()?)
+    let Some(attempt) = row.map(|r| r.try_get::<i64, _>("attempt")).transpose()? else {
+        return Ok(None);
+    };
+    insert_attempt_in(tx, a, attempt).await?;
+    Ok(Some(attempt))
+}
+
+async fn insert_attempt_in(tx: &mut WriteTx, a: &NewAttempt<'_>, attempt: i64) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO settlement_attempts (deal_id, attempt, idempotency_key, agent_id, total, \
+           payment_method_id, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, 'running', $7)",
+    )
+    .bind(a.deal_id)
+    .bind(attempt)
+    .bind(a.idempotency_key)
+    .bind(a.agent_id)
+    .bind(a.total)
+    .bind(a.payment_method_id)
+    .bind(a.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Logs that a step is about to run (idempotent: a step started before keeps its record).
@@ -256,37 +278,149 @@ pub async fn step_finished_in(
     Ok(())
 }
 
-/// Moves the settlement to `status` (with the reason, the order, the payment's reference and
-/// the answer's HTTP status where given), in the step's transaction.
-#[allow(clippy::too_many_arguments)]
+/// The state a write expects the settlement in: this attempt, in this status. A write made
+/// under another expectation (the attempt was taken over by a worker that found its lease run
+/// out, or a newer attempt started) changes nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    pub attempt: i64,
+    pub status: &'a str,
+}
+
+/// A new state for the settlement (and its attempt's row).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewStatus<'a> {
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub payment_ref: Option<&'a str>,
+    pub http_status: Option<u16>,
+    /// A completed step was undone (counterparty monitoring counts compensations).
+    pub compensated: bool,
+}
+
+/// Moves the settlement to `to.status` (with the reason, the order, the payment's reference
+/// and the answer's HTTP status where given), in the step's transaction — only when it is
+/// still as `expect`ed; false (nothing written) otherwise.
 pub async fn set_status_in(
     tx: &mut WriteTx,
     deal_id: &str,
-    status: &str,
-    reason: Option<&str>,
-    order_id: Option<&str>,
-    payment_ref: Option<&str>,
-    http_status: Option<u16>,
+    expect: Expect<'_>,
+    to: NewStatus<'_>,
     now: i64,
-) -> StoreResult<()> {
-    let finished = (status == "settled" || status == "failed").then_some(now);
-    sqlx::query(
+) -> StoreResult<bool> {
+    let finished = (to.status == "settled" || to.status == "failed").then_some(now);
+    let done = sqlx::query(
         "UPDATE settlements SET status = $2, reason = COALESCE($3, reason), \
            order_id = COALESCE($4, order_id), payment_ref = COALESCE($5, payment_ref), \
            http_status = COALESCE($6, http_status), finished_at = COALESCE($7, finished_at), \
-           updated_at = $8 WHERE deal_id = $1",
+           updated_at = $8 WHERE deal_id = $1 AND attempt = $9 AND status = $10",
     )
     .bind(deal_id)
-    .bind(status)
-    .bind(reason)
-    .bind(order_id)
-    .bind(payment_ref)
-    .bind(http_status.map(i64::from))
+    .bind(to.status)
+    .bind(to.reason)
+    .bind(to.order_id)
+    .bind(to.payment_ref)
+    .bind(to.http_status.map(i64::from))
     .bind(finished)
     .bind(now)
+    .bind(expect.attempt)
+    .bind(expect.status)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE settlement_attempts SET status = $3, reason = COALESCE($4, reason), \
+           order_id = COALESCE($5, order_id), http_status = COALESCE($6, http_status), \
+           finished_at = COALESCE($7, finished_at), \
+           compensated = CASE WHEN $8 = 1 THEN 1 ELSE compensated END \
+         WHERE deal_id = $1 AND attempt = $2",
+    )
+    .bind(deal_id)
+    .bind(expect.attempt)
+    .bind(to.status)
+    .bind(to.reason)
+    .bind(to.order_id)
+    .bind(to.http_status.map(i64::from))
+    .bind(finished)
+    .bind(i64::from(to.compensated))
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+/// Records the payment provider's handle on an attempt's payment the moment the provider has
+/// one (before any money can move), committed at once — only while the attempt is still
+/// running forward; false when it is not (then the payment must not go on).
+pub async fn note_payment_ref(
+    store: &Store,
+    deal_id: &str,
+    attempt: i64,
+    reference: &str,
+) -> StoreResult<bool> {
+    let done = store
+        .write_execute(
+            sqlx::query(
+                "UPDATE settlements SET payment_ref = $3, updated_at = $4 \
+                 WHERE deal_id = $1 AND attempt = $2 AND status = 'running'",
+            )
+            .bind(deal_id)
+            .bind(attempt)
+            .bind(reference)
+            .bind(crate::util::now_ms()),
+        )
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// One attempt, as its Idempotency-Key finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub deal_id: String,
+    pub attempt: i64,
+    pub agent_id: String,
+    pub payment_method_id: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+    pub order_id: Option<String>,
+    pub http_status: Option<i64>,
+}
+
+impl Attempt {
+    pub fn is_finished(&self) -> bool {
+        self.status == "settled" || self.status == "failed"
+    }
+}
+
+/// The attempt a deal's settle request with this Idempotency-Key started, if one did.
+pub async fn attempt_by_key(
+    store: &Store,
+    deal_id: &str,
+    idempotency_key: &str,
+) -> StoreResult<Option<Attempt>> {
+    let row = sqlx::query(
+        "SELECT deal_id, attempt, agent_id, payment_method_id, status, reason, order_id, \
+           http_status FROM settlement_attempts WHERE deal_id = $1 AND idempotency_key = $2",
+    )
+    .bind(deal_id)
+    .bind(idempotency_key)
+    .fetch_optional(store.pool())
+    .await?;
+    row.map(|r| {
+        Ok(Attempt {
+            deal_id: r.try_get("deal_id")?,
+            attempt: r.try_get("attempt")?,
+            agent_id: r.try_get("agent_id")?,
+            payment_method_id: r.try_get("payment_method_id")?,
+            status: r.try_get("status")?,
+            reason: r.try_get("reason")?,
+            order_id: r.try_get("order_id")?,
+            http_status: r.try_get("http_status")?,
+        })
+    })
+    .transpose()
 }
 
 /// Units of a variant held by running settlements' reservations (not expired), other than

@@ -550,23 +550,21 @@ async fn risk_the_book_survives_a_restart(db: Db) {
     // Two settlements failed (as the saga would store them), one is still running.
     for (i, status) in ["failed", "failed", "running"].iter().enumerate() {
         let d = &deals[i]["deal"];
-        app.store()
-            .write_execute(
-                sqlx::query(
-                    "INSERT INTO settlements (deal_id, agent_id, customer_id, total, currency, \
-                       status, reason, order_id, started_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, 'USD', $5, NULL, NULL, $6, $7)",
-                )
-                .bind(d["deal_id"].as_str().unwrap().to_string())
-                .bind(a.id.clone())
-                .bind(CUSTOMER)
-                .bind(d["total"].as_i64().unwrap())
-                .bind(status.to_string())
-                .bind(now())
-                .bind((*status != "running").then(now)),
-            )
-            .await
-            .unwrap();
+        store_settlement(
+            &app,
+            Stored {
+                deal_id: d["deal_id"].as_str().unwrap(),
+                agent_id: &a.id,
+                customer_id: CUSTOMER,
+                total: d["total"].as_i64().unwrap(),
+                status,
+                reason: None,
+                order_id: None,
+                compensated: false,
+                at: now(),
+            },
+        )
+        .await;
     }
     // A negotiation in flight counts at the brand's latest offer (opened for 2 kettles, the
     // brand's counter-offer is for the 3 the agent asked for), not its list value.
@@ -773,21 +771,21 @@ async fn risk_agents_page_flags_misbehaving_agents(db: Db) {
     let d = deal(&mut wg, &good, "g-1").await;
     // Its settlement failed after the order was made (a compensation).
     let now = concierge::util::now_ms();
-    app.store()
-        .write_execute(
-            sqlx::query(
-                "INSERT INTO settlements (deal_id, agent_id, customer_id, total, currency, \
-                   status, reason, order_id, started_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, 'USD', 'failed', 'payment_declined', 'ord_1', $5, $5)",
-            )
-            .bind(d["deal"]["deal_id"].as_str().unwrap().to_string())
-            .bind(good.id.clone())
-            .bind(OTHER_CUSTOMER)
-            .bind(d["deal"]["total"].as_i64().unwrap())
-            .bind(now),
-        )
-        .await
-        .unwrap();
+    store_settlement(
+        &app,
+        Stored {
+            deal_id: d["deal"]["deal_id"].as_str().unwrap(),
+            agent_id: &good.id,
+            customer_id: OTHER_CUSTOMER,
+            total: d["deal"]["total"].as_i64().unwrap(),
+            status: "failed",
+            reason: Some("payment_declined"),
+            order_id: Some("ord_1"),
+            compensated: true,
+            at: now,
+        },
+    )
+    .await;
     app.state.risk.flush().await;
 
     add_staff(&app, "watch@example.com", "agent").await;
@@ -825,3 +823,56 @@ async fn risk_agents_page_flags_misbehaving_agents(db: Db) {
     app.stop().await;
 }
 on_both!(risk_agents_page_flags_misbehaving_agents);
+
+/// A settlement attempt as the saga stores it (its row and its attempt's).
+struct Stored<'a> {
+    deal_id: &'a str,
+    agent_id: &'a str,
+    customer_id: &'a str,
+    total: i64,
+    status: &'a str,
+    reason: Option<&'a str>,
+    order_id: Option<&'a str>,
+    compensated: bool,
+    at: i64,
+}
+
+async fn store_settlement(app: &TestApp, s: Stored<'_>) {
+    let finished = (s.status != "running").then_some(s.at);
+    let mut tx = app.store().begin_write().await.unwrap();
+    sqlx::query(
+        "INSERT INTO settlements (deal_id, agent_id, customer_id, total, currency, status, reason, \
+           order_id, started_at, finished_at, idempotency_key) \
+         VALUES ($1, $2, $3, $4, 'USD', $5, $6, $7, $8, $9, 'k1')",
+    )
+    .bind(s.deal_id)
+    .bind(s.agent_id)
+    .bind(s.customer_id)
+    .bind(s.total)
+    .bind(s.status)
+    .bind(s.reason)
+    .bind(s.order_id)
+    .bind(s.at)
+    .bind(finished)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO settlement_attempts (deal_id, attempt, idempotency_key, agent_id, total, \
+           status, reason, order_id, compensated, started_at, finished_at) \
+         VALUES ($1, 1, 'k1', $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(s.deal_id)
+    .bind(s.agent_id)
+    .bind(s.total)
+    .bind(s.status)
+    .bind(s.reason)
+    .bind(s.order_id)
+    .bind(i64::from(s.compensated))
+    .bind(s.at)
+    .bind(finished)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}

@@ -87,8 +87,18 @@ async fn shop(
     stripe: Option<&FakeStripe>,
     brand: Option<std::path::PathBuf>,
 ) -> Option<TestApp> {
+    shop_with(db, stripe, brand, |_| {}).await
+}
+
+async fn shop_with(
+    db: Db,
+    stripe: Option<&FakeStripe>,
+    brand: Option<std::path::PathBuf>,
+    tweak: impl FnOnce(&mut concierge::config::Config) + Send + 'static,
+) -> Option<TestApp> {
     let stripe = stripe.map(|s| s.url.clone());
     let app = TestApp::spawn_on_with(db, move |c| {
+        tweak(c);
         if let Some(url) = stripe {
             c.payments.stripe.base_url = url;
             c.payments.stripe.secret_key = Some(concierge::util::Secret::new(SECRET_KEY));
@@ -773,6 +783,69 @@ async fn a_declined_card_fails_402_voids_the_intent_and_changes_nothing(db: Db) 
             .total,
         f.total
     );
+    // Each key keeps its own attempt's outcome: the first key, retried after the second
+    // attempt settled, still gets its decline (not a third attempt, not `already_settled`);
+    // the second gets its settlement again.
+    for (key, pm, status, body) in [("try-1", CARD, f.status, &f.body), ("try-2", GIFT, 201, &b)] {
+        let (s2, b2, _) = settle(
+            &f.app.addr,
+            &f.agent,
+            &f.tok,
+            &f.deal_id,
+            Some(key),
+            &json!({"payment_method_id": pm}),
+        )
+        .await;
+        assert_eq!((s2, &b2), (status, body), "{key}");
+    }
+    let s = concierge::settle::store::get(f.app.store(), &f.deal_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.attempt, s.status.as_str()), (2, "settled"));
+    // Counterparty monitoring counts both attempts: one failed and undone, one settled.
+    let figures = concierge::risk::monitor::figures(f.app.store(), concierge::util::now_ms())
+        .await
+        .unwrap();
+    let mine = figures
+        .iter()
+        .find(|a| a.agent_id == f.agent.id)
+        .expect("the agent's figures");
+    assert_eq!(
+        (
+            mine.settlements,
+            mine.settled,
+            mine.settlement_failures,
+            mine.compensations
+        ),
+        (2, 1, 1, 1),
+        "{mine:?}"
+    );
+    // A write expecting the attempt in another state changes nothing (a run that lost its
+    // job to another worker).
+    let mut tx = f.app.store().begin_audited_write().await.unwrap();
+    let written = concierge::settle::store::set_status_in(
+        &mut tx,
+        &f.deal_id,
+        concierge::settle::store::Expect {
+            attempt: 2,
+            status: "running",
+        },
+        concierge::settle::store::NewStatus {
+            status: "compensating",
+            ..Default::default()
+        },
+        concierge::util::now_ms(),
+    )
+    .await
+    .unwrap();
+    assert!(!written);
+    tx.commit().await.unwrap();
+    let again = concierge::settle::store::get(f.app.store(), &f.deal_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, s);
 }
 on_both!(a_declined_card_fails_402_voids_the_intent_and_changes_nothing);
 
@@ -1027,6 +1100,70 @@ async fn a_refund_that_fails_is_retried_by_the_settle_job_until_it_goes_through(
 }
 on_both!(a_refund_that_fails_is_retried_by_the_settle_job_until_it_goes_through);
 
+async fn a_settlement_its_job_gives_up_on_is_handed_to_staff(db: Db) {
+    let stripe = FakeStripe::start().await;
+    let Some(app) = shop_with(db, Some(&stripe), None, |c| c.payments.settle_attempts = 2).await
+    else {
+        return;
+    };
+    let agent = register(&app, "buyer-bot").await;
+    let tok = token(&app, &agent, &["negotiate"]).await;
+    let mut ws = connect(&app.addr, &agent, &tok).await;
+    let deal = make_deal(&mut ws, &agent, SHIRT, 1, 5000).await;
+    let deal_id = deal["deal"]["deal_id"].as_str().unwrap().to_string();
+    stripe.set_confirm(Confirm::ChargeThenFail);
+    // The processor refuses every refund: the money cannot be given back automatically.
+    stripe.fail_refunds(1000);
+    let (status, body, _) = settle(
+        &app.addr,
+        &agent,
+        &tok,
+        &deal_id,
+        Some("stuck"),
+        &json!({"payment_method_id": CARD}),
+    )
+    .await;
+    assert_eq!(status, 402, "{body}");
+    // The request's run was attempt 1 of 2; the worker's run is the last, and then staff get
+    // the settlement with what is left to undo.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let escalation = loop {
+        let open = app.store().open_escalations(50).await.unwrap();
+        if let Some(e) = open.into_iter().find(|e| e.reason == "settlement_stuck") {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "never escalated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = format!("{escalation:?}");
+    assert!(text.contains(&deal_id), "{text}");
+    let intent = stripe.intents()[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        text.contains(&intent),
+        "names the payment to refund: {text}"
+    );
+    assert!(text.contains("undo payment failed"), "{text}");
+    // The settlement is still being undone (not claimed as failed or settled), the money is
+    // still out, and the escalation is in the audit chain.
+    let s = concierge::settle::store::get(app.store(), &deal_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.status, "compensating");
+    assert_eq!(
+        stripe.net_charged(),
+        deal["deal"]["total"].as_i64().unwrap()
+    );
+    let entries = app.store().audit_entries(0, 1000).await.unwrap();
+    assert!(
+        audit_tools(&entries).contains(&"settlement_escalated".to_string()),
+        "{:?}",
+        audit_tools(&entries)
+    );
+    assert!(app.store().verify_audit_chain().await.unwrap().is_intact());
+}
+on_both!(a_settlement_its_job_gives_up_on_is_handed_to_staff);
+
 // ---- concurrency ----
 
 async fn concurrent_settles_of_one_deal_charge_once(db: Db) {
@@ -1235,6 +1372,7 @@ async fn settle_reservations_count_against_availability_while_a_payment_is_in_fl
     let deal_id = deal["deal"]["deal_id"].as_str().unwrap().to_string();
     stripe.set_confirm(Confirm::ChargeThenHang);
     let base = app.addr.clone();
+    let deal = deal_id.clone();
     let settling = tokio::spawn(async move {
         settle(
             &base,
@@ -1275,6 +1413,20 @@ async fn settle_reservations_count_against_availability_while_a_payment_is_in_fl
     let refused = call(&mut rws, &json!({"type": "open", "request_id": "r", "items": [{"variant_id": SHIRT, "quantity": 5}]})).await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "terms_out_of_range", "{refused}");
+    // The charge is in flight (the card charged, the answer held back): the intent's id was
+    // recorded for good before the call that charges, so a crash now could still undo it.
+    while !stripe.calls().iter().any(|c| c.path.ends_with("/confirm")) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = concierge::settle::store::get(app.store(), &deal)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.payment_ref.as_deref(),
+        stripe.intents()[0]["id"].as_str(),
+        "{s:?}"
+    );
     stripe.release();
     let (status, body, _) = settling.await.unwrap();
     assert_eq!(status, 201, "{body}");
@@ -1548,4 +1700,26 @@ async fn settle_a_reservation_past_its_expiry_stops_counting_and_the_settlement_
     );
     assert_eq!(stripe.net_charged(), 0);
     assert!(snapshot(&app).await == before);
+}
+
+/// On PostgreSQL every settlement step locks the audit head before any other row (stock, the
+/// settlement, an order), the lock every audited write takes first, so a step and an order
+/// change by staff or the brand agent cannot deadlock on each other's rows.
+#[tokio::test]
+async fn settlement_steps_lock_the_audit_head_first_on_postgres() {
+    let Some(app) = TestApp::spawn_on_with(Db::Postgres, |_| {}).await else {
+        return;
+    };
+    let store = app.store();
+    let tx = store.begin_audited_write().await.unwrap();
+    let try_head = async || {
+        let mut other = store.pool().acquire().await.unwrap();
+        sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE NOWAIT")
+            .fetch_optional(&mut *other)
+            .await
+    };
+    let held = try_head().await;
+    assert!(held.is_err(), "the head is not locked");
+    tx.rollback().await.unwrap();
+    assert!(try_head().await.is_ok());
 }

@@ -132,16 +132,21 @@ impl Reversal {
     }
 }
 
-/// The step's write transaction, opened on first use (see the module docs).
+/// The step's write transaction, opened on first use (see the module docs), and the
+/// settlement attempt it belongs to.
 pub struct StepTx {
     store: Store,
+    deal_id: String,
+    attempt: i64,
     tx: Option<WriteTx>,
 }
 
 impl StepTx {
-    pub fn new(store: &Store) -> StepTx {
+    pub fn new(store: &Store, deal_id: &str, attempt: i64) -> StepTx {
         StepTx {
             store: store.clone(),
+            deal_id: deal_id.to_string(),
+            attempt,
             tx: None,
         }
     }
@@ -149,9 +154,28 @@ impl StepTx {
     /// The transaction, begun now if it was not yet.
     pub async fn get(&mut self) -> StoreResult<&mut WriteTx> {
         if self.tx.is_none() {
-            self.tx = Some(self.store.begin_write().await?);
+            self.tx = Some(self.store.begin_audited_write().await?);
         }
         Ok(self.tx.as_mut().expect("just begun"))
+    }
+
+    /// Records the provider's handle on the payment (a PaymentIntent's id) for good, at once,
+    /// before the call that can move money: a settlement interrupted after it can always find
+    /// the payment and undo it. Err (the payment must not go on): it could not be recorded, or
+    /// the settlement is no longer running forward (another run took it over).
+    pub async fn note_reference(&mut self, reference: &str) -> Result<(), String> {
+        match super::store::note_payment_ref(&self.store, &self.deal_id, self.attempt, reference)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "the settlement of deal {} is no longer running forward; payment {reference} is not confirmed",
+                self.deal_id
+            )),
+            Err(e) => Err(format!(
+                "payment {reference} could not be recorded ({e}); it is not confirmed"
+            )),
+        }
     }
 
     /// Whether a provider opened it (tests: remote providers must not).

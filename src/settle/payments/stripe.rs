@@ -4,12 +4,13 @@
 //!
 //! A charge is two calls: `POST /v1/payment_intents` (amount, currency, the card's stored
 //! `payment_method`; nothing is charged yet) and `POST /v1/payment_intents/{id}/confirm`. The
-//! intent's id is thus known before any money can move, so a charge whose answer was lost (a
-//! timeout, a 5xx after charging) can always be found and undone: a reversal reads the intent
-//! (`GET /v1/payment_intents/{id}`) and refunds it (`POST /v1/refunds` with `payment_intent`)
-//! when it succeeded, or cancels it (`POST /v1/payment_intents/{id}/cancel`) otherwise. Without
-//! the id (the create call's own answer was lost) it repeats the create call with the same
-//! idempotency key, which Stripe answers with the same intent.
+//! intent's id is recorded for good (`settlements.payment_ref`, committed) between the two, so
+//! no money can move before Concierge knows where to find it: a charge whose answer was lost (a
+//! timeout, a 5xx after charging, the process killed) is undone by reading the intent
+//! (`GET /v1/payment_intents/{id}`) and refunding it (`POST /v1/refunds` with `payment_intent`)
+//! when it succeeded, or cancelling it (`POST /v1/payment_intents/{id}/cancel`) otherwise.
+//! Without a recorded id no intent was ever confirmed; the create call is repeated with its
+//! idempotency key only to cancel an intent it may have left behind.
 //!
 //! A decline is a 402 with `{"error": {"type": "card_error", "code", "decline_code",
 //! "message"}}`.
@@ -203,7 +204,7 @@ impl PaymentProvider for Stripe {
     fn charge<'a>(
         &'a self,
         p: &'a Payment,
-        _step: &'a mut StepTx,
+        step: &'a mut StepTx,
     ) -> BoxFuture<'a, Result<Charged, PaymentError>> {
         Box::pin(async move {
             let id = match self.create(p).await {
@@ -234,8 +235,17 @@ impl PaymentProvider for Stripe {
                     });
                 }
             };
-            let path = format!("/v1/payment_intents/{id}/confirm");
             let reference = Some(id.clone());
+            // The intent's id is stored before the call that can move money, so a settlement
+            // interrupted from here on always finds the payment to undo.
+            if let Err(message) = step.note_reference(&id).await {
+                return Err(PaymentError::Refused {
+                    code: "payment_not_recorded",
+                    message,
+                    reference,
+                });
+            }
+            let path = format!("/v1/payment_intents/{id}/confirm");
             match self
                 .call(reqwest::Method::POST, &path, Some((&[], &p.idempotency_key("confirm"))))
                 .await
@@ -278,14 +288,22 @@ impl PaymentProvider for Stripe {
         Box::pin(async move {
             let id = match reference {
                 Some(id) => id.to_string(),
+                // No handle was recorded: `charge` stores the intent's id before it confirms,
+                // so this attempt never confirmed one and no money can have moved, whatever
+                // Stripe answers now. An intent the lost create call may have made is
+                // cancelled so nothing is left behind; when Stripe cannot say (an error, a
+                // refusal), there is nothing to take back either.
                 None => match self.create(p).await {
-                    Answer::Ok(v) => intent_id(&v).ok_or("Stripe answered without an id")?,
+                    Answer::Ok(v) => match intent_id(&v) {
+                        Some(id) => id,
+                        None => return Ok(Reversal::Nothing),
+                    },
                     Answer::Declined(_, _, Some(id)) => id,
-                    // Refused outright: no intent exists, nothing was attempted.
-                    Answer::Declined(_, _, None) | Answer::NotRun("payment_refused", _) => {
+                    Answer::Declined(_, m, None) | Answer::NotRun(_, m) | Answer::Unknown(_, m) => {
+                        tracing::info!(deal = %p.deal_id, answer = %m,
+                            "settlement: no payment was confirmed, so none is undone");
                         return Ok(Reversal::Nothing);
                     }
-                    Answer::NotRun(_, m) | Answer::Unknown(_, m) => return Err(m),
                 },
             };
             let intent = match self
