@@ -335,6 +335,7 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
              \x20 API channel:   http://{addr}/api/v1/messages\n\
              \x20 Search:        http://{addr}/api/v1/search?q=returns\n\
              \x20 API key:       {key}\n\
+             \x20 Web chat:      http://{addr}/chat (a demo shop page with the chat widget)\n\
              \x20 Staff inbox:   http://{addr}/inbox (add the first admin: concierge staff add --data-dir {data_dir} --email you@example.com --role admin)\n\
              Try:\n\
              \x20 curl -s http://{addr}/api/v1/messages -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n\

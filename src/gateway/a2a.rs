@@ -956,6 +956,22 @@ async fn converse(
     })?;
     let answer = match inbox::turn::answer_now(state, &outcome).await {
         Ok(Some(m)) => m,
+        Ok(None)
+            if inbox::turn::with_staff(state, &outcome.conversation_id)
+                .await
+                .map_err(RpcError::internal)? =>
+        {
+            // A person from the store's team has this conversation: the message waits for
+            // them; the agent is told so, and may write again.
+            return Ok(Reply {
+                text: "A person from the store's team is handling this conversation; your \
+                       message is with them and they will answer here."
+                    .into(),
+                conversation_id: outcome.conversation_id,
+                awaiting: true,
+                resolution: json!({"status": "escalated", "waiting_for_staff": true}),
+            });
+        }
         Ok(None) => return Err(RpcError::internal("the brand agent gave no answer")),
         Err(e @ (TurnError::Failed(_) | TurnError::TimedOut)) => {
             return Err(RpcError::internal(format!("the brand agent failed: {e}")));

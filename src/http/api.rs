@@ -154,12 +154,16 @@ pub async fn post_message(
         Err(TurnError::Store(s)) => return Err(s.into()),
     };
     let (reply, resolution) = reply_json(answered.as_ref());
+    // No answer because a person has the conversation: the message waits for them.
+    let waiting_for_staff =
+        answered.is_none() && inbox::turn::with_staff(&state, &outcome.conversation_id).await?;
     Ok(Json(json!({
         "conversation_id": outcome.conversation_id,
         "message_id": outcome.message_id,
         "duplicate": outcome.duplicate,
         "reply": reply,
         "resolution": resolution,
+        "waiting_for_staff": waiting_for_staff,
     })))
 }
 

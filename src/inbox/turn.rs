@@ -6,7 +6,8 @@
 //!
 //! A turn: takes the conversation's lock ([`Store::lock_conversation`]); if the message has its
 //! answer already (a re-run after a crash), only makes sure that answer's delivery is queued;
-//! else announces the brand agent typing, has the answer composed — the brand agent's dialogue,
+//! if a person has the conversation (escalated, or staff replied, until staff resolve it or hand
+//! it back), leaves the message to them unanswered (publishing [`WITH_STAFF`]); else announces the brand agent typing, has the answer composed — the brand agent's dialogue,
 //! the `/start` greeting or a group chat's invitation, as the message's stored [`Answer`] says,
 //! with the [`Inbound`] rebuilt from its stored [`Trust`] — stores it naming the message it
 //! answers (one answer per message, enforced by the database) with its delivery in the same
@@ -78,6 +79,17 @@ pub async fn run(state: &AppState, message_id: &str) -> Result<Option<Message>, 
         }
         return Ok(Some(done));
     }
+    if matches!(answer, Answer::Agent | Answer::Greeting)
+        && with_staff(state, conversation_id).await?
+    {
+        // A person has this conversation (escalated, or staff replied): the message waits for
+        // them. Staff see it arrive; the shopper's channel is told a person will answer.
+        state.hub.publish(InboxEvent::Status {
+            conversation_id: conversation_id.to_string(),
+            status: WITH_STAFF.into(),
+        });
+        return Ok(None);
+    }
     state.hub.publish(InboxEvent::Typing {
         conversation_id: conversation_id.to_string(),
         author: "brand_agent".into(),
@@ -141,6 +153,18 @@ pub async fn run(state: &AppState, message_id: &str) -> Result<Option<Message>, 
     // The reply's delivery, and whatever else the turn queued (a one-time code by email).
     state.wake_worker();
     Ok(Some(reply))
+}
+
+/// The status event published when a message waits for the person who has its conversation.
+pub const WITH_STAFF: &str = "with_staff";
+
+/// Whether a person has the conversation, so the brand agent leaves its messages to them.
+pub async fn with_staff(state: &AppState, conversation_id: &str) -> Result<bool, StoreError> {
+    Ok(state
+        .store
+        .get_conversation(conversation_id)
+        .await?
+        .is_some_and(|c| c.with_staff))
 }
 
 /// The store setting the Telegram channel keeps its bot's username in (from `getMe`), for a

@@ -417,6 +417,29 @@ impl Store {
         Ok(out)
     }
 
+    /// What a shop page can show from the store: up to `limit` products (in id order, with
+    /// their variants) and the number of an order to ask about (a shipped one if any).
+    pub async fn showcase(&self, limit: i64) -> StoreResult<(Vec<Product>, Option<String>)> {
+        let rows = sqlx::query("SELECT id FROM products ORDER BY id LIMIT $1")
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut products = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(p) = self.get_product(&get_str(r, "id")?).await? {
+                products.push(p);
+            }
+        }
+        let order = sqlx::query(
+            "SELECT number FROM orders ORDER BY CASE WHEN status = 'processed' THEN 0 ELSE 1 END, id \
+             LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let order = order.map(|r| get_str(&r, "number")).transpose()?;
+        Ok((products, order))
+    }
+
     /// Every product with its variants, in id order.
     pub async fn all_products(&self) -> StoreResult<Vec<Product>> {
         let mut variants: HashMap<String, Vec<Variant>> = HashMap::new();

@@ -181,6 +181,9 @@ pub struct Conversation {
     pub last_message_at: Option<i64>,
     pub escalated_at: Option<i64>,
     pub resolved_at: Option<i64>,
+    /// A person has the conversation (it was escalated, or staff replied): the brand agent
+    /// does not answer it until staff resolve it or hand it back.
+    pub with_staff: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -454,6 +457,13 @@ impl Store {
         if let Some(d) = delivery {
             insert_delivery(&mut tx, &id, conversation_id, d).await?;
         }
+        if msg.author_kind == AuthorKind::Staff && msg.direction == Direction::Outbound {
+            // A person has replied: the conversation is theirs until resolved or handed back.
+            sqlx::query("UPDATE conversations SET with_staff = 1 WHERE id = $1")
+                .bind(conversation_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Message {
             id,
@@ -509,7 +519,8 @@ impl Store {
             sqlx::query(
                 "UPDATE conversations SET status = $2, updated_at = $3, \
                escalated_at = CASE WHEN $2 = 'escalated' THEN $3 ELSE escalated_at END, \
-               resolved_at = CASE WHEN $2 = 'resolved' THEN $3 ELSE NULL END \
+               resolved_at = CASE WHEN $2 = 'resolved' THEN $3 ELSE NULL END, \
+               with_staff = CASE WHEN $2 = 'resolved' THEN 0 ELSE with_staff END \
              WHERE id = $1",
             )
             .bind(id)
@@ -617,6 +628,7 @@ fn conversation_from_row(r: &AnyRow) -> StoreResult<Conversation> {
         last_message_at: get_opt_i64(r, "last_message_at")?,
         escalated_at: get_opt_i64(r, "escalated_at")?,
         resolved_at: get_opt_i64(r, "resolved_at")?,
+        with_staff: get_i64(r, "with_staff")? != 0,
     })
 }
 
@@ -717,6 +729,36 @@ impl Store {
         Ok(())
     }
 
+    /// Hands a conversation a person had back to the brand agent: it answers the shopper's next
+    /// message again. Open escalations close as `handed_back`; the conversation waits for the
+    /// customer. False when no person had it.
+    pub async fn hand_back(&self, conversation_id: &str, staff_id: &str) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE conversations SET with_staff = 0, status = 'awaiting_customer', updated_at = $2 \
+             WHERE id = $1 AND with_staff = 1",
+        )
+        .bind(conversation_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE escalations SET status = 'handed_back', resolved_at = $2, resolved_by = $3 \
+             WHERE conversation_id = $1 AND status = 'open'",
+        )
+        .bind(conversation_id)
+        .bind(now)
+        .bind(staff_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Hands a conversation to a person: records the escalation and marks the conversation
     /// escalated, in one transaction.
     pub async fn escalate(
@@ -742,7 +784,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE conversations SET status = 'escalated', escalated_at = $2, updated_at = $2 WHERE id = $1",
+            "UPDATE conversations SET status = 'escalated', escalated_at = $2, updated_at = $2, \
+               with_staff = 1 WHERE id = $1",
         )
         .bind(conversation_id)
         .bind(now)

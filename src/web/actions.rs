@@ -240,6 +240,24 @@ pub async fn status(
     Ok(back(&id))
 }
 
+/// Hands a conversation a person had back to the brand agent: it answers the shopper's next
+/// message again (open escalations close as handed back).
+pub async fn hand_back(
+    State(web): State<WebState>,
+    Path(id): Path<String>,
+    post: Post,
+) -> Result<Response, WebError> {
+    conversation(&web, &id).await?;
+    let notice = if web.app.store.hand_back(&id, post.auth.staff_id()).await? {
+        changed(&web, &id, ConversationStatus::AwaitingCustomer);
+        "Handed back: the brand agent answers the shopper's next message."
+    } else {
+        "The brand agent already answers this conversation."
+    };
+    post.auth.flash(&web, notice).await?;
+    Ok(back(&id))
+}
+
 /// Lifts the verification locks that hold on this conversation (its own, its sender's, the
 /// customer's it claimed) as the signed-in staff member; recorded in the action log.
 pub async fn unlock_verification(

@@ -131,6 +131,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/inbox/c/{id}/assign", post(actions::assign))
         .route("/inbox/c/{id}/note", post(actions::note))
         .route("/inbox/c/{id}/status", post(actions::status))
+        .route("/inbox/c/{id}/hand-back", post(actions::hand_back))
         .route("/inbox/c/{id}/tags", post(actions::tags))
         .route("/inbox/c/{id}/order", post(actions::order))
         .route(
@@ -228,6 +229,23 @@ pub(crate) fn age(ms: i64) -> String {
     }
 }
 
+/// "just now", "5 min ago": [`age`] as a time in the past.
+pub(crate) fn ago(ms: i64) -> String {
+    match age(ms) {
+        a if a == "just now" => a,
+        a => format!("{a} ago"),
+    }
+}
+
+/// "1 minute", "30 minutes".
+pub(crate) fn minutes(n: i64) -> String {
+    if n == 1 {
+        "1 minute".into()
+    } else {
+        format!("{n} minutes")
+    }
+}
+
 /// "2026-11-23 22:41 UTC".
 pub(crate) fn when(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000);
@@ -300,6 +318,10 @@ mod tests {
     #[test]
     fn ages_read_well() {
         assert_eq!(super::age(30_000), "just now");
+        assert_eq!(super::ago(30_000), "just now");
+        assert_eq!(super::ago(5 * 60_000), "5 min ago");
+        assert_eq!(super::minutes(1), "1 minute");
+        assert_eq!(super::minutes(30), "30 minutes");
         assert_eq!(super::age(5 * 60_000), "5 min");
         assert_eq!(super::age(125 * 60_000), "2 h 5 min");
         assert_eq!(super::age(3 * 24 * 3_600_000), "3 d");

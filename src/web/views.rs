@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::StaffAuth;
-use super::{WebError, WebState, age, author_label, clip, reason_label, when};
+use super::{WebError, WebState, age, ago, author_label, clip, minutes, reason_label, when};
 use crate::commerce::format_money;
 use crate::commerce::model::{Customer, Order, options_text};
 use crate::store::{
@@ -288,6 +288,7 @@ async fn escalation_rows_data(web: &WebState) -> Result<Value, WebError> {
     let rows = web.app.store.open_escalations(500).await?;
     Ok(json!({
         "sla_minutes": sla,
+        "sla_text": minutes(sla),
         "rows": rows.iter().map(|e| json!({
             "id": e.id,
             "url": format!("/inbox/c/{}", e.conversation_id),
@@ -599,6 +600,7 @@ pub async fn conversation(
             "status": conv.status.as_str(),
             "status_label": status_label(conv.status.as_str()),
             "resolved": conv.status == crate::store::ConversationStatus::Resolved,
+            "with_staff": conv.with_staff,
             "subject": conv.subject,
             "thread": conv.thread_key,
             "tags": conv.tags,
@@ -619,7 +621,7 @@ pub async fn conversation(
             "reason": reason_label(&e.reason),
             "summary": e.summary,
             "draft": e.draft,
-            "age": age(now - e.created_at),
+            "age": ago(now - e.created_at),
             "sla_breach": now - e.created_at > sla_ms,
         }))),
     );
@@ -666,7 +668,7 @@ pub async fn conversation(
     data.insert(
         "other_conversations".into(),
         json!(others.iter().filter(|(cid, ..)| *cid != id).map(|(cid, ch, st, up)| json!({
-            "url": format!("/inbox/c/{cid}"), "channel": ch, "status": status_label(st), "updated": age(now - up),
+            "url": format!("/inbox/c/{cid}"), "channel": ch, "status": status_label(st), "updated": ago(now - up),
         })).collect::<Vec<_>>()),
     );
     data.insert(

@@ -159,11 +159,21 @@ fn demo_command_serves() {
     let mut child = concierge(&data)
         .args(["serve", "--demo", "--bind", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start demo");
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let mut server = Server(child);
+    // The logs, kept to check: not a terminal, so no colour codes.
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            sink.lock().unwrap().push_str(&line);
+        }
+    });
     // Read the banner on a thread that keeps draining stdout afterwards.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -171,9 +181,9 @@ fn demo_command_serves() {
             let _ = tx.send(line);
         }
     });
-    let (mut health, mut key) = (None, None);
+    let (mut health, mut key, mut chat, mut example) = (None, None, None, None);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while health.is_none() || key.is_none() {
+    while health.is_none() || key.is_none() || chat.is_none() || example.is_none() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("demo did not print its banner in time");
@@ -183,7 +193,14 @@ fn demo_command_serves() {
         if let Some(k) = line.trim().strip_prefix("API key:") {
             key = Some(k.trim().to_string());
         }
+        if let Some(u) = line.trim().strip_prefix("Web chat:") {
+            chat = u.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.split("Where is my order ").nth(1) {
+            example = rest.split('?').next().map(str::to_string);
+        }
     }
+    let (chat, example) = (chat.unwrap_or_default(), example.unwrap_or_default());
     let (health, key) = (health.unwrap_or_default(), key.unwrap_or_default());
     let base = health.trim_end_matches("/healthz").to_string();
 
@@ -224,7 +241,28 @@ fn demo_command_serves() {
             .await
             .unwrap();
         assert!(!hits["hits"].as_array().unwrap().is_empty(), "{hits}");
+        // The demo page printed in the banner shows the demo store's own products and asks
+        // about an order the store has.
+        let page = client.get(&chat).send().await.unwrap().text().await.unwrap();
+        assert!(!page.contains("%%"), "unfilled: {page}");
+        assert_eq!(page.matches("data-testid=\"demo-product\"><span class=\"tag\">").count(), 4);
+        assert!(page.contains(&format!("Where is my order {example}?")), "{example}: {page}");
+        let found: Value = client
+            .get(format!("{base}/api/v1/orders/{}", example.trim_start_matches('#')))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(found.to_string().contains(example.trim_start_matches('#')), "{found}");
     });
+    let logs = logs.lock().unwrap().clone();
+    assert!(
+        !logs.is_empty() && !logs.contains('\u{1b}'),
+        "colour codes in the logs: {logs:?}"
+    );
 
     // Graceful stop on SIGTERM.
     let pid = server.0.id().to_string();

@@ -765,6 +765,42 @@ async fn staff_handle_an_escalation_in_the_browser() {
         .await
         .expect("the hand reply in the timeline");
 
+    // The shopper writes again after a person replied: the message waits for staff — no bot
+    // reply, no second escalation — and shows in the timeline live.
+    let (s, body) = app
+        .post_message(json!({"thread": "browser-1", "from": {"email": email, "verified": true}, "text": "Great, and what about my other order?"}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["reply"].is_null(), "the bot answered: {body}");
+    let live = wait_for(Duration::from_secs(10), || async {
+        let items = c
+            .find_all(Locator::Css(
+                "[data-testid=timeline-item][data-author=customer] .text",
+            ))
+            .await
+            .ok()?;
+        for i in items {
+            if i.text().await.ok()?.contains("my other order?") {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    assert!(
+        live.is_some(),
+        "{}",
+        fail("the held message did not appear live")
+    );
+    assert_eq!(app.store().escalations(&conv).await.unwrap().len(), 1);
+    assert!(
+        c.find(Locator::Css("[data-testid=hand-back]"))
+            .await
+            .is_ok(),
+        "{}",
+        fail("no hand-back action while a person has the conversation")
+    );
+
     // Cancel the pending order from the sidebar.
     // Clicks an order's cancel button; returns the notice that replaces `before`.
     let order_action = |number: &str, before: &str| {
@@ -1091,3 +1127,141 @@ async fn the_cli_password_reset_ends_sessions() {
     assert_eq!(status, 303, "the session from before the reset still works");
     app.stop().await;
 }
+
+/// The hand-off holds: once escalated (and after a person replied), the shopper's new messages
+/// wait for staff — no bot reply, no second escalation — until staff hand the conversation
+/// back or resolve it.
+async fn the_hand_off_holds_until_staff_hand_back_or_resolve(db: Db) {
+    let Some(app) = TestApp::spawn_on(db).await else {
+        return;
+    };
+    add_staff(&app, "ana@example.com", "admin").await;
+    let esc = escalate(
+        &app,
+        "hold-1",
+        json!({"name": "Pat"}),
+        "I need a human, my parcel arrived crushed",
+    )
+    .await;
+    let store = app.store();
+    assert!(
+        store
+            .get_conversation(&esc)
+            .await
+            .unwrap()
+            .unwrap()
+            .with_staff
+    );
+    let mut events = app.state.hub.subscribe();
+    // Escalated, nobody has replied yet: the next message waits for staff.
+    let (s, body) = app
+        .post_message(json!({"thread": "hold-1", "from": {"name": "Pat"}, "text": "Hello? Where is my refund?"}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["conversation_id"], esc.as_str());
+    assert!(body["reply"].is_null(), "the bot answered: {body}");
+    assert_eq!(body["waiting_for_staff"], true, "{body}");
+    // Staff see it arrive live.
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Ok(concierge::events::InboxEvent::Status {
+                conversation_id,
+                status,
+            }) = events.recv().await
+                && conversation_id == esc
+                && status == "with_staff"
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no live event for the held message");
+    // A person replies; the shopper writes again: still no bot reply, no second escalation.
+    let staff = login(&app, "ana@example.com").await;
+    let (code, _) = staff
+        .post(
+            &format!("/inbox/c/{esc}/reply"),
+            &[("text", "So sorry, Pat — I'm on it.")],
+        )
+        .await;
+    assert_eq!(code, 303);
+    let (_, body) = app
+        .post_message(json!({"thread": "hold-1", "from": {"name": "Pat"}, "text": "Thanks! Also, can I get a replacement?"}))
+        .await;
+    assert!(
+        body["reply"].is_null(),
+        "the bot answered after staff: {body}"
+    );
+    assert_eq!(body["waiting_for_staff"], true);
+    assert_eq!(
+        store.escalations(&esc).await.unwrap().len(),
+        1,
+        "one escalation"
+    );
+    let view = store.conversation_view(&esc).await.unwrap().unwrap();
+    let bot_replies = view
+        .messages
+        .iter()
+        .filter(|m| m.author_kind == concierge::store::AuthorKind::BrandAgent)
+        .count();
+    assert_eq!(bot_replies, 1, "only the hand-off's own reply");
+    let conv = store.get_conversation(&esc).await.unwrap().unwrap();
+    assert_eq!(
+        conv.status,
+        concierge::store::ConversationStatus::Open,
+        "back in the staff queue"
+    );
+    let (_, page) = staff.get(&format!("/inbox/c/{esc}")).await;
+    assert!(page.contains("data-testid=\"hand-back\""), "{page}");
+    // Handed back: the brand agent answers again.
+    let (code, _) = staff.post(&format!("/inbox/c/{esc}/hand-back"), &[]).await;
+    assert_eq!(code, 303);
+    assert!(
+        !store
+            .get_conversation(&esc)
+            .await
+            .unwrap()
+            .unwrap()
+            .with_staff
+    );
+    // (The hand reply had closed the escalation.)
+    assert_eq!(store.escalations(&esc).await.unwrap()[0].status, "resolved");
+    let (_, body) = app
+        .post_message(json!({"thread": "hold-1", "from": {"name": "Pat"}, "text": "What is your return policy?"}))
+        .await;
+    assert!(body["reply"]["text"].is_string(), "{body}");
+    assert_eq!(body["waiting_for_staff"], false);
+    // Hand-off again, handed back with nobody having replied: its escalation closes as
+    // handed back.
+    escalate(
+        &app,
+        "hold-1",
+        json!({"name": "Pat"}),
+        "Let me talk to a person please",
+    )
+    .await;
+    let (code, _) = staff.post(&format!("/inbox/c/{esc}/hand-back"), &[]).await;
+    assert_eq!(code, 303);
+    assert_eq!(
+        store.escalations(&esc).await.unwrap()[0].status,
+        "handed_back"
+    );
+    // Hand-off again, then resolved by staff: the agent answers the next message.
+    escalate(
+        &app,
+        "hold-1",
+        json!({"name": "Pat"}),
+        "Let me talk to a person please",
+    )
+    .await;
+    let (code, _) = staff
+        .post(&format!("/inbox/c/{esc}/status"), &[("action", "resolve")])
+        .await;
+    assert_eq!(code, 303);
+    let (_, body) = app
+        .post_message(json!({"thread": "hold-1", "from": {"name": "Pat"}, "text": "What is your return policy?"}))
+        .await;
+    assert!(body["reply"]["text"].is_string(), "{body}");
+}
+on_both!(the_hand_off_holds_until_staff_hand_back_or_resolve);

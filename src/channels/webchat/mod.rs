@@ -43,9 +43,54 @@ const MAX_TEXT: usize = 4000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/chat", get(|| async { Html(DEMO_HTML) }))
+        .route("/chat", get(demo_page))
         .route("/chat/widget.js", get(widget))
         .route("/chat/ws", get(upgrade))
+}
+
+/// The demo shop page, its products and example questions taken from the store (so every
+/// example works against the store it is served from).
+async fn demo_page(State(state): State<AppState>) -> Html<String> {
+    let (products, order) = match state.store.showcase(4).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "the demo page could not read the store");
+            (Vec::new(), None)
+        }
+    };
+    let esc = handlebars::html_escape;
+    let mut html = DEMO_HTML.to_string();
+    for i in 0..4 {
+        let card = products
+            .get(i)
+            .map(|p| {
+                let price = p
+                    .variants
+                    .iter()
+                    .find(|v| v.available)
+                    .or(p.variants.first())
+                    .map(|v| crate::commerce::format_money(v.price, &v.currency))
+                    .unwrap_or_default();
+                format!(
+                    "<span class=\"tag\">{}</span><h3>{}</h3><div class=\"price\">{}</div>",
+                    esc(p.product_type.as_deref().unwrap_or("New")),
+                    esc(&p.name),
+                    esc(&price)
+                )
+            })
+            .unwrap_or_default();
+        html = html.replace(&format!("%%CARD{i}%%"), &card);
+    }
+    let product = products
+        .iter()
+        .find(|p| p.variants.len() > 1)
+        .or(products.first())
+        .map(|p| p.name.to_lowercase())
+        .unwrap_or_else(|| "order".into());
+    let html = html
+        .replace("%%ORDER%%", &esc(order.as_deref().unwrap_or("number")))
+        .replace("%%PRODUCT%%", &esc(&product));
+    Html(html)
 }
 
 async fn widget() -> Response {
@@ -255,6 +300,12 @@ async fn session(state: AppState, socket: WebSocket, limiter: ChatSocket, ip: st
                     Ok(InboxEvent::Typing { conversation_id, author }) if Some(&conversation_id) == conversation.as_ref() && author != "customer" => {
                         send(&out, json!({"type": "typing"})).await;
                     }
+                    Ok(InboxEvent::Status { conversation_id, status })
+                        if Some(&conversation_id) == conversation.as_ref()
+                            && status == crate::inbox::turn::WITH_STAFF =>
+                    {
+                        send(&out, handoff_frame(&state)).await;
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Missed events: send the history again; the widget de-duplicates by id.
                         if let Some(c) = &conversation
@@ -380,6 +431,21 @@ async fn message(
         });
     }
     Ok(ids)
+}
+
+/// Tells the visitor their message waits for a person (a person has the conversation), with
+/// the brand's support hours.
+fn handoff_frame(state: &AppState) -> Value {
+    let hours = &state.agent.resolver().voice.support_hours;
+    let mut text =
+        String::from("A person from our team has this conversation and will answer here.");
+    if !hours.trim().is_empty() {
+        text.push_str(&format!(
+            " Support hours: {}.",
+            hours.trim().trim_end_matches('.')
+        ));
+    }
+    json!({"type": "handoff", "text": text})
 }
 
 /// A visitor's message text, trimmed, if it and its `client_id` are acceptable; else why not.

@@ -218,6 +218,10 @@ function onFrame(ev) {
     typingEl.hidden = false;
     clearTimeout(typingTimer);
     typingTimer = setTimeout(() => { typingEl.hidden = true; }, 5000);
+  } else if (f.type === 'handoff') { // a person has the conversation; the message waits for them
+    typingEl.hidden = true;
+    list.appendChild(el('li', { class: 'note', 'data-testid': 'concierge-handoff', text: String(f.text || '') }));
+    scrollDown();
   } else if (f.type === 'error') {
     const li = f.client_id != null && settle(String(f.client_id)); // optional: the refused message
     if (li) { li.setAttribute('data-status', 'failed'); li.lastChild.textContent = 'Not sent'; }
