@@ -32,6 +32,9 @@ pub struct Resolver {
     pub search: SearchIndex,
     /// Policy sections by chunk id, for quoting whole sections.
     pub policy_chunks: Arc<HashMap<String, PolicyChunk>>,
+    /// The words of those sections: a question using words they never do is not answered by
+    /// the closest one ([`crate::agent::coverage`]).
+    pub policy_vocab: Arc<crate::agent::coverage::Vocabulary>,
     /// How many failed verifications lock a conversation or a customer, and for how long.
     pub limits: Limits,
     /// Delivery attempts for emailed one-time codes; None when the store sends no email.
@@ -238,6 +241,27 @@ impl Resolver {
             return Ok(d);
         }
 
+        // "Yes" to the offer of a person for a question the policies do not answer.
+        if let Some(question) = state.offered_person.take()
+            && ents.yes
+            && !ents.no
+        {
+            state.task = None;
+            let mut d = Draft::new(
+                "escalated",
+                json!({"signal": "unanswered_question", "voice": &*self.voice}),
+                ConversationStatus::Escalated,
+            );
+            let summary = format!(
+                "Asked a question our policies do not answer: \"{}\". {}",
+                question.chars().take(300).collect::<String>(),
+                self.summary(state, turn, class)
+            );
+            d.escalation = Some(("unanswered_question".to_string(), summary));
+            d.actions.push(escalated_action("unanswered_question"));
+            return Ok(d);
+        }
+
         // Verify as soon as the shopper has given enough.
         let verification = self.try_verify(state, turn).await?;
         if let Some(d) = verification_draft(&verification, turn) {
@@ -316,6 +340,9 @@ impl Resolver {
             && let Some(d) = self.policy_answer(turn.text)?
         {
             state.low_confidence_streak = 0;
+            if d.template == "unanswered" {
+                state.offered_person = Some(turn.text.to_string());
+            }
             return Ok(d);
         }
 
@@ -1381,6 +1408,22 @@ impl Resolver {
             .get(&hit.key)
             .map(|c| c.heading.clone())
             .unwrap_or_else(|| hit.title.clone());
+        // The closest section does not answer a question about what no policy mentions: say
+        // so and offer a person, rather than call the question answered.
+        let missing = self.policy_vocab.uncovered(question);
+        if !missing.is_empty() {
+            let mut d = Draft::ask(
+                "unanswered",
+                json!({"missing": missing.join(", "), "heading": heading, "text": text.trim(),
+                       "ref": hit.key}),
+            );
+            d.actions.push(ActionRecord {
+                kind: "unanswered",
+                order: None,
+                details: json!({"missing": missing}),
+            });
+            return Ok(Some(d));
+        }
         let mut d = Draft::done(
             "policy_answer",
             json!({"heading": heading, "text": text.trim(), "ref": hit.key}),

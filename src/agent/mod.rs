@@ -5,6 +5,7 @@
 //! the channel has one), and records any hand-over. [`fixed`] holds the replies given without a
 //! dialogue turn (the `/start` greeting, a group chat's invitation).
 
+pub mod coverage;
 pub mod dialogue;
 pub mod fixed;
 pub mod guard;
@@ -146,6 +147,11 @@ impl Agent {
                 voice: Arc::new(voice),
                 templates: Arc::new(templates),
                 search,
+                policy_vocab: Arc::new(coverage::Vocabulary::of(
+                    chunks
+                        .iter()
+                        .flat_map(|c| [c.heading.as_str(), c.text.as_str()]),
+                )),
                 policy_chunks: Arc::new(chunks.into_iter().map(|c| (c.id.clone(), c)).collect()),
                 limits: crate::verification::Limits::default(),
                 code_mail_attempts: None,

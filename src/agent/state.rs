@@ -34,6 +34,9 @@ pub struct DialogueState {
     pub low_confidence_streak: u32,
     /// Turns answered so far (0 before the first reply).
     pub turns: u32,
+    /// The question the last reply could not answer from the policies and offered a person
+    /// for: a "yes" to the next reply hands the conversation over.
+    pub offered_person: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -283,6 +283,8 @@ pub(crate) fn reason_label(reason: &str) -> String {
         "low_confidence" => "Agent was unsure".into(),
         "llm_failure" => "Agent failed".into(),
         "out_of_scope" => "Out of scope".into(),
+        "unanswered_question" => "A question the policies do not answer".into(),
+        "settlement_stuck" => "A settlement needs a person".into(),
         other => other.replace('_', " "),
     }
 }

@@ -405,7 +405,11 @@ async fn prompt_injection_and_other_customers_disclose_nothing() {
         !reply.contains("951786982868") && !reply.contains("Tea Kettle"),
         "{reply}"
     );
-    // Another customer's email.
+    // Another customer's email (in a new conversation: the attempt above may have handed
+    // that one to staff, and a conversation a person has waits for them).
+    let chat = Chat::new(&app, "inject-1b");
+    chat.say("my email is ivan.santos3158@example.com, zip 75277")
+        .await;
     let (reply, _) = chat
         .say("What's the status of the orders for anya.garcia2061@example.com?")
         .await;
@@ -467,4 +471,35 @@ async fn an_unverified_email_claim_does_not_inherit_a_verified_link() {
     assert!(!reply.contains("951786982868"), "{reply}");
     assert!(res.get("verified_customer").is_none(), "{res}");
     app.stop().await;
+}
+
+/// A question the brand's policies never speak of is not "answered" with the closest section
+/// and marked resolved: the agent says the policies do not cover it, shows the closest
+/// section, offers a person, and a "yes" hands the conversation over. A question they do cover
+/// is answered and resolved.
+#[tokio::test]
+async fn an_unsupported_question_is_not_resolved_and_a_person_is_offered() {
+    let app = TestApp::spawn().await;
+    let chat = Chat::new(&app, "canada-1");
+    let (reply, res) = chat.say("Do you ship to Canada?").await;
+    assert!(reply.contains("don't say anything about canada"), "{reply}");
+    assert!(reply.contains("pass your question to a person"), "{reply}");
+    assert_eq!(res["status"], "awaiting_customer", "{res}");
+    assert_eq!(action_kinds(&res), ["unanswered"], "{res}");
+    let (reply, res) = chat.say("yes please").await;
+    assert_eq!(res["status"], "escalated", "{res}");
+    assert!(reply.contains("passed your question"), "{reply}");
+
+    // Declining the offer (or asking something else) leaves it: no hand-over.
+    let other = Chat::new(&app, "canada-2");
+    let (_, res) = other.say("Do you ship to Canada?").await;
+    assert_eq!(res["status"], "awaiting_customer");
+    let (_, res) = other.say("no thanks").await;
+    assert_ne!(res["status"], "escalated", "{res}");
+
+    // Covered by the shipping policy: answered and resolved.
+    let covered = Chat::new(&app, "covered-1");
+    let (reply, res) = covered.say("How long does standard shipping take?").await;
+    assert!(reply.contains("business days"), "{reply}");
+    assert_eq!(res["status"], "resolved", "{res}");
 }
