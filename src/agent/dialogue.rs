@@ -131,12 +131,16 @@ type R<T> = Result<T, anyhow::Error>;
 impl Resolver {
     /// Answers one message, updating `state`.
     pub async fn respond(&self, state: &mut DialogueState, turn: &Turn<'_>) -> R<TurnOutcome> {
-        let class = nlu::classify(turn.text);
+        // The intent of what the message asks, not of its greeting, thanks or signature.
+        let class = nlu::classify(&nlu::request_text(turn.text));
         let ents = nlu::extract(turn.text);
         let first_turn = state.turns == 0;
         state.turns += 1;
 
         let draft = self.decide(state, turn, &class, &ents).await?;
+        if let Some(c) = draft.citations.iter().find(|c| c.kind == "order") {
+            state.last_order = Some(c.reference.clone());
+        }
         self.finish(state, turn, &class, draft, first_turn).await
     }
 
@@ -165,11 +169,55 @@ impl Resolver {
         let wrapped = self.wrap(turn.channel, &body, first_turn)?;
         let reply = self.voice.polish(&wrapped);
         let escalation = match draft.escalation {
-            Some((reason, summary)) => Some(EscalationRequest {
-                draft: self.escalation_draft(&reason, &data)?,
-                reason,
-                summary,
-            }),
+            Some((reason, summary)) => {
+                // The draft staff approve answers from the conversation's facts: what was
+                // asked, the order in question (the verified customer's own only), what was done.
+                let mut facts = data.clone();
+                if let Value::Object(m) = &mut facts {
+                    m.insert(
+                        "request".into(),
+                        json!(turn.text.trim().chars().take(300).collect::<String>()),
+                    );
+                    let in_question = state
+                        .task
+                        .as_ref()
+                        .and_then(|t| t.order.as_deref())
+                        .or(state.last_order.as_deref());
+                    let order = match (&customer, in_question) {
+                        (Some(c), Some(number)) => self
+                            .store
+                            .find_order(number)
+                            .await?
+                            .filter(|o| o.customer_id.as_deref() == Some(c.id.as_str())),
+                        _ => None,
+                    };
+                    if let Some(o) = order {
+                        let tracking: Vec<&str> = o
+                            .fulfillments
+                            .iter()
+                            .flat_map(|f| f.tracking_numbers.iter().map(String::as_str))
+                            .collect();
+                        m.insert(
+                            "order".into(),
+                            json!({"number": o.number, "status": o.status.describe(),
+                                   "tracking": tracking.join(", ")}),
+                        );
+                    }
+                    let done: Vec<&str> = draft
+                        .actions
+                        .iter()
+                        .filter_map(|a| action_words(a.kind))
+                        .collect();
+                    if !done.is_empty() {
+                        m.insert("done".into(), json!(done.join("; ")));
+                    }
+                }
+                Some(EscalationRequest {
+                    draft: self.escalation_draft(&reason, &facts)?,
+                    reason,
+                    summary,
+                })
+            }
             None => None,
         };
         Ok(TurnOutcome {
@@ -198,10 +246,23 @@ impl Resolver {
         if !self.templates.has(&name) {
             return Ok(body.to_string());
         }
-        Ok(self.templates.render(
-            &name,
-            &json!({"body": body, "first": first_turn, "voice": &*self.voice}),
-        )?)
+        let render = |body: &str| {
+            self.templates.render(
+                &name,
+                &json!({"body": body, "first": first_turn, "voice": &*self.voice}),
+            )
+        };
+        let wrapped = render(body)?;
+        // A reply that signs off itself (a farewell) in a channel whose wrapper signs off too
+        // (email) is signed once.
+        let sign_off = self.voice.sign_off.trim();
+        if !sign_off.is_empty()
+            && wrapped.matches(sign_off).count() > body.matches(sign_off).count()
+            && let Some(unsigned) = body.trim_end().strip_suffix(sign_off)
+        {
+            return Ok(render(unsigned.trim_end())?);
+        }
+        Ok(wrapped)
     }
 
     fn escalation_draft(&self, reason: &str, data: &Value) -> R<String> {
@@ -1441,23 +1502,33 @@ impl Resolver {
         turn: &Turn<'_>,
         class: &nlu::Classification,
     ) -> String {
+        // Plain words first; the machine's labels on a details line of their own.
         let mut parts = vec![format!(
-            "Shopper on {} asked: \"{}\" (understood as {} at {:.0}% confidence).",
-            turn.channel,
-            turn.text.chars().take(300).collect::<String>(),
+            "The shopper wrote on {}: \"{}\"",
+            channel_words(turn.channel),
+            turn.text.trim().chars().take(300).collect::<String>(),
+        )];
+        parts.push(match &state.verified_customer {
+            Some(_) => "They have proved they are the account holder.".into(),
+            None => "They have not proved who they are yet.".into(),
+        });
+        if let Some(o) = state
+            .task
+            .as_ref()
+            .and_then(|t| t.order.as_ref())
+            .or(state.last_order.as_ref())
+        {
+            parts.push(format!("The order in question is {o}."));
+        }
+        let mut details = format!(
+            "Details: understood as {}, {:.0}% sure",
             class.intent.as_str(),
             class.confidence * 100.0
-        )];
-        match &state.verified_customer {
-            Some(c) => parts.push(format!("Verified customer: {c}.")),
-            None => parts.push("Not verified yet.".into()),
+        );
+        if let Some(c) = &state.verified_customer {
+            details.push_str(&format!("; customer {c}"));
         }
-        if let Some(t) = &state.task
-            && let Some(o) = &t.order
-        {
-            parts.push(format!("Order in question: {o}."));
-        }
-        parts.join(" ")
+        format!("{}\n{details}.", parts.join(" "))
     }
 }
 
@@ -1774,6 +1845,30 @@ pub(crate) fn denial_sentence(denial: &Denial, order: &Order) -> String {
             what(*a)
         ),
     }
+}
+
+/// A channel's name in a sentence.
+fn channel_words(channel: &str) -> &str {
+    match channel {
+        "api" => "the API",
+        "webchat" => "web chat",
+        "agent" => "a consumer agent's channel",
+        other => other,
+    }
+}
+
+/// What an action record says was done, in words for the shopper (None: nothing done).
+fn action_words(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "order_cancelled" => "the order was cancelled",
+        "address_updated" => "the order's address was changed",
+        "items_modified" => "the order's items were changed",
+        "payment_updated" => "the order's payment method was changed",
+        "return_created" => "a return was opened",
+        "exchange_created" => "an exchange was opened",
+        "customer_address_updated" => "the default address was updated",
+        _ => return None,
+    })
 }
 
 fn customer_json(c: Option<&Customer>) -> Value {

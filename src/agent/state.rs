@@ -37,6 +37,8 @@ pub struct DialogueState {
     /// The question the last reply could not answer from the policies and offered a person
     /// for: a "yes" to the next reply hands the conversation over.
     pub offered_person: Option<String>,
+    /// The order the conversation last looked at (a hand-over's draft names it).
+    pub last_order: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -503,3 +503,49 @@ async fn an_unsupported_question_is_not_resolved_and_a_person_is_offered() {
     assert!(reply.contains("business days"), "{reply}");
     assert_eq!(res["status"], "resolved", "{res}");
 }
+
+/// A hand-over's draft is a message worth sending as is — it names the order looked at, its
+/// status and tracking, and what the shopper asked — and its summary is plain words, with the
+/// machine's labels on a details line of their own.
+#[tokio::test]
+async fn a_hand_over_draft_names_the_order_and_the_summary_reads_plainly() {
+    let app = app().await;
+    let chat = Chat::new(&app, "draft-1");
+    chat.say("Where is my order #W6310710?").await;
+    let (reply, _) = chat.say("It's anya.garcia2061@example.com").await;
+    assert!(reply.contains("951786982868"), "{reply}");
+    let (_, res) = chat
+        .say("Can I talk to a real person about it please?")
+        .await;
+    assert_eq!(res["status"], "escalated", "{res}");
+    let conv = app
+        .store()
+        .conversation_by_thread("api", "draft-1")
+        .await
+        .unwrap()
+        .expect("the conversation");
+    let esc = app.store().escalations(&conv.id).await.unwrap().remove(0);
+    for needle in [
+        "#W6310710",
+        "shipped",
+        "951786982868",
+        "talk to a real person",
+        "Anya",
+    ] {
+        assert!(
+            esc.draft.contains(needle),
+            "{needle} missing from the draft: {}",
+            esc.draft
+        );
+    }
+    assert!(!esc.draft.trim_end().ends_with(':'), "{}", esc.draft);
+    let (plain, details) = esc
+        .summary
+        .split_once("\nDetails:")
+        .expect("a details line");
+    assert!(plain.contains("#W6310710"), "{plain}");
+    for label in ["contact_human_agent", "confidence", "anya_garcia_3271", "%"] {
+        assert!(!plain.contains(label), "{label} in the summary: {plain}");
+    }
+    assert!(details.contains("anya_garcia_3271"), "{details}");
+}

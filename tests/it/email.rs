@@ -759,3 +759,44 @@ async fn our_email_to_another_address_confirms_nothing(db: Db) {
     sink.stop();
 }
 on_both!(our_email_to_another_address_confirms_nothing);
+
+/// An ordinary email — a greeting, the question, "Thanks," and a name — from the order's own
+/// address gets the order's status with its tracking number (not "You're welcome"), signed
+/// off once.
+#[tokio::test]
+async fn an_ordinary_email_gets_its_question_answered_signed_off_once() {
+    let sink = SmtpSink::start(0).await;
+    let app = app_with_smtp(sink.port).await;
+    let raw = "From: James Li <james.li4495@example.com>\r\n\
+               To: Alder & Pine Support <help@alderandpine.example.com>\r\n\
+               Subject: My order\r\n\
+               Message-ID: <james-1@mail.example>\r\n\
+               Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+               Content-Type: text/plain; charset=utf-8\r\n\r\n\
+               Hello,\r\n\r\nCould you tell me where order #W2611340 is?\r\n\r\nThanks,\r\nJames\r\n";
+    let (s, body) = post_mail(&app, raw).await;
+    assert_eq!(s, 200, "{body}");
+    let mail = wait_for_mail(&sink, 1, 15).await;
+    assert_eq!(mail.len(), 1, "one reply");
+    let text = &mail[0].data;
+    assert!(text.contains("357962501027"), "the tracking number: {text}");
+    assert!(!text.contains("You're welcome"), "{text}");
+    let plain = text
+        .split("text/plain")
+        .nth(1)
+        .and_then(|p| p.split("--").next())
+        .unwrap_or(text);
+    let voice: toml::Table = toml::from_str(
+        &std::fs::read_to_string(crate::helpers::repo_path("brand/voice.toml")).unwrap(),
+    )
+    .unwrap();
+    let sign_off = voice["sign_off"].as_str().unwrap().trim();
+    let first_line = sign_off.lines().next().unwrap();
+    assert_eq!(
+        plain.matches(first_line).count(),
+        1,
+        "signed off once: {plain}"
+    );
+    app.stop().await;
+    sink.stop();
+}

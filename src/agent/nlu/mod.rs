@@ -13,6 +13,7 @@ mod entities;
 mod features;
 mod matching;
 mod model;
+mod request;
 
 use std::sync::OnceLock;
 
@@ -223,6 +224,8 @@ pub fn evaluate_shipped(bitext_csv: &std::path::Path) -> Result<EvalReport, NluE
     let (_, held_out) = load_dataset(bitext_csv)?;
     Ok(evaluate(shipped_model(), &held_out))
 }
+
+pub use request::request_text;
 
 /// Classifies one message with the shipped model.
 pub fn classify(text: &str) -> Classification {
