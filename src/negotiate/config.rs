@@ -143,7 +143,7 @@ fn default_target() -> f64 {
     0.35
 }
 fn default_near() -> f64 {
-    0.85
+    0.95
 }
 fn default_shipping() -> Vec<ShippingOption> {
     vec![ShippingOption {

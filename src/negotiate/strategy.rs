@@ -68,10 +68,12 @@ impl Aspiration {
 
 impl Strategy for Aspiration {
     fn respond(&self, setup: &Setup, offer: &Terms, at: Moment) -> Decision {
-        // The brand's last counter-offer (the agent has one move left after it) is its final
-        // word: at the target.
-        let last = at.round + 3 >= setup.max_rounds;
-        let t = if last { 1.0 } else { at.t(setup) };
+        // The brand's last counter-offer (the agent has one move left after it) stays on the
+        // curve, above the target: a buyer who can pay it takes it, and one who cannot still
+        // gets its final offer — the one no counter can follow — accepted at the target or
+        // above.
+        let last = at.round + 1 >= setup.max_rounds;
+        let t = at.t(setup);
         let next = Aspiration::offer(setup, offer, t);
         let theirs = setup.margin(offer);
         if theirs >= setup.margin(&next) {
@@ -356,5 +358,37 @@ mod tests {
         ));
         assert!((s.advantage(&like) - 1.0).abs() < 1e-9);
         assert!(s.advantage(&floors).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_last_counter_stays_above_the_target_and_the_final_offer_gets_the_target() {
+        let mut s = setup();
+        s.accept_near_deadline = 0.95;
+        let like = s.list_terms();
+        let at_target = s.priced(&like, |l, q| price_at(&s, l, q, s.target));
+        // The agent's second-to-last move at the target: countered on the curve, above it
+        // (a buyer who can pay more may take it).
+        let before_last = Moment {
+            round: s.max_rounds - 3,
+            now: 0,
+        };
+        match Aspiration.respond(&s, &at_target, before_last) {
+            Decision::Counter(t) => assert!(s.margin(&t) > s.margin(&at_target)),
+            d => panic!("{d:?}"),
+        }
+        // Its final move (no counter can follow) at the target: accepted; below it: not.
+        let final_move = Moment {
+            round: s.max_rounds - 1,
+            now: 0,
+        };
+        assert_eq!(
+            Aspiration.respond(&s, &at_target, final_move),
+            Decision::Accept
+        );
+        let below = s.priced(&like, |l, q| price_at(&s, l, q, s.target) - 100);
+        assert!(!matches!(
+            Aspiration.respond(&s, &below, final_move),
+            Decision::Accept
+        ));
     }
 }
